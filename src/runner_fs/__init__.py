@@ -1,0 +1,1 @@
+"""runner-fs: per-runner loopback filesystems and the metrics harvested from them."""

@@ -1,0 +1,55 @@
+"""Fixtures for tests on real loop devices: root only, and required in CI."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runner_fs import host
+from runner_fs.shared_fs import SharedFilesystemManager, purge
+
+OWNER = "nobody:nogroup"
+
+
+def _missing_capability() -> str | None:
+    if os.geteuid() != 0:
+        return "functional tests need root (loop devices and mounts)"
+    if not host.LOOP_CONTROL.exists():
+        return f"functional tests need {host.LOOP_CONTROL} (loop devices)"
+    if not Path(host.MKFS_EXT4).exists():
+        return f"functional tests need {host.MKFS_EXT4} (e2fsprogs)"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip every functional test where it cannot run, or fail them all when CI requires them."""
+    reason = _missing_capability()
+    if reason is None:
+        return
+    if os.environ.get("RUNNER_FS_REQUIRE_FUNCTIONAL") == "1":
+        raise pytest.UsageError(f"RUNNER_FS_REQUIRE_FUNCTIONAL=1 but {reason}")
+    for item in items:
+        if "tests/functional" in str(item.fspath):
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture
+def base_dir(tmp_path: Path) -> Iterator[Path]:
+    """A base directory whose mounts are all gone after the test."""
+    base = tmp_path / "runner-fs"
+    yield base
+    purge(base)
+
+
+@pytest.fixture
+def manager(base_dir: Path) -> SharedFilesystemManager:
+    """A manager with 1 MiB filesystems owned by an unprivileged user."""
+    return SharedFilesystemManager(base_dir, size="1M", owner=OWNER, flavor="small")
+
+
+def bound_images(base: Path) -> list[str]:
+    """Return the images under `base` that some loop device still holds."""
+    return [path for path in host.loop_backing_files() if path.startswith(str(base.resolve()))]
