@@ -66,7 +66,7 @@ def archive_image(image: Path, directory: Path, runner: str, cap: int, record: b
             if os.getppid() != parent:  # the parent died before prctl took effect
                 os._exit(1)
             _archive_in_private_view(image, Path(tmp), runner, cap, record)
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent, then exit
+        except BaseException as exc:
             os.write(write_pipe, f"{type(exc).__name__}: {exc}".encode()[:2000])
             code = 1
         os._exit(code)
@@ -130,7 +130,7 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def _add_tree(
-    tar: tarfile.TarFile, root: Path, top: str, cap: int, manifest: dict, prefix: str
+    tar: tarfile.TarFile, root: Path, top: str, cap: int, manifest: dict, *, prefix: str
 ) -> None:
     """Add `root/top` and below to the archive, opening nothing but regular files."""
     budget = cap
@@ -156,21 +156,23 @@ def _add_tree(
             tar.addfile(info)
             manifest["entries"].append({**entry, "symlink": info.linkname})
         elif kind == stat.S_IFREG:
-            budget -= _add_regular(tar, path, info, st.st_size, budget, entry)
+            budget -= _add_regular(tar, path, info, budget, entry)
             manifest["entries"].append(entry)
         else:
             manifest["entries"].append({**entry, "skipped": _KINDS.get(kind, "unknown type")})
 
 
 def _add_regular(
-    tar: tarfile.TarFile, path: str, info: tarfile.TarInfo, size: int, budget: int, entry: dict
+    tar: tarfile.TarFile, path: str, info: tarfile.TarInfo, budget: int, entry: dict
 ) -> int:
     """Add at most `budget` bytes of a regular file; return how many were stored."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as source:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped since lstat: refuse
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):  # swapped since lstat: refuse
             entry["skipped"] = "changed type"
             return 0
+        size = opened.st_size
         info.size = min(size, max(budget, 0))
         tar.addfile(info, source)  # copies exactly info.size bytes, streaming
     entry.update(size=size, stored=info.size)

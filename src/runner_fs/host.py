@@ -50,7 +50,13 @@ _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctype
 _libc.mount.argtypes += [ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.prctl.argtypes = [
+    ctypes.c_int,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+]
 
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
@@ -125,8 +131,10 @@ def mount_image(image: Path, target: Path, flags: int, data: str = "") -> str:
         os.close(image_fd)
 
 
-def mount(source: str | None, target: Path | str, fstype: str | None, flags: int, data: str = "") -> None:
-    """Call mount(2).
+def mount(
+    source: str | None, target: Path | str, fstype: str | None, flags: int, data: str = ""
+) -> None:
+    """Mount a filesystem through the mount system call.
 
     Raises:
         HostError: the kernel refused.
@@ -181,14 +189,17 @@ def mounts_under(directory: Path) -> dict[str, Mount]:
         Mount point name (the last path component) to the topmost mount there.
     """
     prefix = str(directory).rstrip("/") + "/"
+    escaped_prefix = prefix.split("\\")[0].split(" ")[0]  # a cheap filter before decoding
     found: dict[str, Mount] = {}
     with open(MOUNTINFO, encoding="utf-8", errors="surrogateescape") as table:
         for line in table:
-            fields = line.split(" ")
+            fields = line.split(" ", 6)
+            if not fields[4].startswith(escaped_prefix):
+                continue
             point = _unescape(fields[4])
             if not point.startswith(prefix) or "/" in point[len(prefix) :]:
                 continue
-            tail = fields[fields.index("-") + 1 :]
+            tail = (" " + fields[6]).split(" - ", 1)[1].split(" ")
             found[point[len(prefix) :]] = Mount(point, _unescape(tail[1]), tail[0], fields[5])
     return found
 

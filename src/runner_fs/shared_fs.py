@@ -48,9 +48,7 @@ from runner_fs.metrics.storage import MetricsStorage
 
 logger = logging.getLogger(__name__)
 
-RUNNER_NAME_RULE = (
-    "1-63 characters of a-z, 0-9, '.', '_' or '-', starting with a letter or digit"
-)
+RUNNER_NAME_RULE = "1-63 characters of a-z, 0-9, '.', '_' or '-', starting with a letter or digit"
 _RUNNER_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _LABEL_VALUE = re.compile(r"[\x21-\x7e]{0,128}")  # printable ASCII, no spaces
@@ -231,8 +229,7 @@ class SharedFilesystemManager:
                             f"lock {path} is held by process {holder}; try again later"
                         ) from None
                     time.sleep(0.01)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            os.pwrite(fd, f"{os.getpid():<12}".encode(), 0)
             yield
         finally:
             os.close(fd)
@@ -343,7 +340,9 @@ class SharedFilesystemManager:
                     os.replace(tmp, path)
                 except host.HostError as exc:
                     tmp.unlink(missing_ok=True)
-                    raise CreateMetricsStorageError(f"cannot make the ext4 template: {exc}")
+                    raise CreateMetricsStorageError(
+                        f"cannot make the ext4 template: {exc}"
+                    ) from exc
             self._templates[key] = _nonzero_blocks(path)
         return self._templates[key]
 
@@ -371,7 +370,7 @@ class SharedFilesystemManager:
                 self._resume(name)
             if not self._record_path(name).exists():
                 raise GetMetricsStorageError(f"runner {name} has no filesystem")
-        if name not in host.mounts_under(self.mounts_dir):
+        if host.loop_device_of(self.mounts_dir / name) is None:
             self._remount(name, host.loop_backing_files())
         return MetricsStorage(self.mount_point(name), name)
 
@@ -408,12 +407,14 @@ class SharedFilesystemManager:
         infos = []
         for name in sorted(names):
             path = self.mounts_dir / name
+            broken: str | None = None
             try:
                 record: FilesystemRecord | None = self.read_record(name)
             except GetMetricsStorageError as exc:
                 record, broken = None, str(exc)
             else:
-                broken = None if name in healthy else self._broken_reason(name)
+                if name not in healthy:
+                    broken = self._broken_reason(name)
             used = None
             if name in healthy:
                 stat = os.statvfs(path)

@@ -38,7 +38,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture
 def base_dir(tmp_path: Path) -> Iterator[Path]:
-    """A base directory whose mounts are all gone after the test."""
+    """Yield a base directory whose mounts are all gone after the test."""
     base = tmp_path / "runner-fs"
     yield base
     purge(base)
@@ -46,7 +46,7 @@ def base_dir(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture
 def manager(base_dir: Path) -> SharedFilesystemManager:
-    """A manager with 1 MiB filesystems owned by an unprivileged user."""
+    """Return a manager of 1 MiB filesystems owned by an unprivileged user."""
     return SharedFilesystemManager(base_dir, size="1M", owner=OWNER, flavor="small")
 
 

@@ -45,7 +45,7 @@ def _leftovers(manager: SharedFilesystemManager) -> set[str]:
 
 
 def _only(*names: str) -> set[str]:
-    """What `_leftovers` shows when exactly these runners exist, mounted."""
+    """Return what `_leftovers` shows when exactly these runners exist, mounted."""
     return {
         item
         for n in names
@@ -230,7 +230,7 @@ def test_noexec_and_nodev_are_enforced(manager):
     with pytest.raises(PermissionError):
         subprocess.run([str(script)], check=True)
     with pytest.raises(PermissionError):
-        open(storage.path / "null", "rb").close()  # noqa: SIM115
+        open(storage.path / "null", "rb").close()
 
 
 def test_delete_removes_mount_loop_image_and_record(manager):
