@@ -186,22 +186,19 @@ def mounts_under(directory: Path) -> dict[str, Mount]:
         directory: the parent of the mount points of interest.
 
     Returns:
-        Mount point name (the last path component) to the topmost mount there.
+        Mount point name (the last path component) to the mount there.
     """
     prefix = str(directory).rstrip("/") + "/"
-    escaped_prefix = prefix.split("\\")[0].split(" ")[0]  # a cheap filter before decoding
-    found: dict[str, Mount] = {}
+    escaped = prefix.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011")
+    line = re.compile(
+        rf"^\S+ \S+ \S+ \S+ ({re.escape(escaped)}[^ /]+) (\S+) .*?- (\S+) (\S+)", re.MULTILINE
+    )
     with open(MOUNTINFO, encoding="utf-8", errors="surrogateescape") as table:
-        for line in table:
-            fields = line.split(" ", 6)
-            if not fields[4].startswith(escaped_prefix):
-                continue
-            point = _unescape(fields[4])
-            if not point.startswith(prefix) or "/" in point[len(prefix) :]:
-                continue
-            tail = (" " + fields[6]).split(" - ", 1)[1].split(" ")
-            found[point[len(prefix) :]] = Mount(point, _unescape(tail[1]), tail[0], fields[5])
-    return found
+        found = line.findall(table.read())
+    return {
+        point[len(escaped) :]: Mount(_unescape(point), _unescape(source), fstype, options)
+        for point, options, fstype, source in found
+    }
 
 
 def loop_backing_files() -> dict[str, str]:
