@@ -169,7 +169,7 @@ def main() -> None:
         for op in runs["ours"]["times"]:
             ref = statistics.median(runs["reference"]["times"][op]) * 1000
             ours = statistics.median(runs["ours"]["times"][op]) * 1000
-            print(f"| {n} | {op} | {ref:.3f} | {ours:.3f} | {ref / ours:.0f}x |", flush=True)
+            print(f"| {n} | {op} | {ref:.3f} | {ours:.3f} | {ref / ours:.1f}x |", flush=True)
         peaks.append(f"N={n}: ours {runs['ours']['peak_mib']:.0f} MiB, "
                      f"reference {runs['reference']['peak_mib']:.0f} MiB")  # fmt: skip
     print("\nPeak memory (RSS of the benchmarking process): " + "; ".join(peaks))
