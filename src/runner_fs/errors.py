@@ -27,3 +27,11 @@ class QuarantineMetricsStorageError(MetricsStorageError):
 
 class LockTimeoutError(RunnerFsError):
     """A lock was not acquired within its bounded wait."""
+
+
+class CorruptMetricDataError(RunnerFsError):
+    """A runner's metric file breaks a rule; its filesystem is to be quarantined."""
+
+
+class StorageError(RunnerFsError):
+    """The metrics storage backend failed or was given something it cannot store."""
