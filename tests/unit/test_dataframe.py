@@ -15,8 +15,13 @@ END = START + datetime.timedelta(hours=1)
 
 
 def _point(**overrides) -> DataPoint:
-    values = {"unit": "s", "qty": 0.121, "price": "1.5",
-              "groupby": {"flavor": "small", "year": 2026}, "metadata": {"runner_name": "r1"}}  # fmt: skip
+    values = {
+        "unit": "s",
+        "qty": 0.121,
+        "price": "1.5",
+        "groupby": {"flavor": "small", "year": 2026},
+        "metadata": {"runner_name": "r1"},
+    }
     return DataPoint(**{**values, **overrides})
 
 
