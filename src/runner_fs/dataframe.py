@@ -45,7 +45,7 @@ class DataPoint(_DataPointBase):
 
     __slots__ = ()
 
-    def __new__(  # noqa: PLR0917 - CloudKitty's positional signature
+    def __new__(
         cls,
         unit: str,
         qty: object,

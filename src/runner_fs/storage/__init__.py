@@ -1,0 +1,115 @@
+"""v2 metrics storage with CloudKitty's `BaseStorage` interface, and the backend loader."""
+
+from __future__ import annotations
+
+import abc
+import datetime
+from collections.abc import Iterable
+from importlib.metadata import entry_points
+from typing import Any
+
+from runner_fs.dataframe import DataFrame
+from runner_fs.errors import StorageError
+
+ENTRY_POINT_GROUP = "runner_fs.storage.v2.backends"
+DEFAULT_RETENTION_HOURS = 2400
+TIME_GROUPBYS = {
+    "time-d": "day_of_the_year",
+    "time-w": "week_of_the_year",
+    "time-m": "month",
+    "time-y": "year",
+}
+
+
+class BaseStorage(abc.ABC):
+    """CloudKitty's v2 storage interface, plus `push_once` for exactly-once harvests."""
+
+    def __init__(self, *, retention_period: float = DEFAULT_RETENTION_HOURS, **_: Any) -> None:
+        """Keep the retention; unknown options (CloudKitty's `period`, `conf`) are ignored."""
+        self.retention_period = float(retention_period)
+
+    @abc.abstractmethod
+    def init(self) -> None:
+        """Create or upgrade the schema; idempotent, never wipes data."""
+
+    @abc.abstractmethod
+    def push(self, dataframes: Iterable[DataFrame], scope_id: str | None = None) -> None:
+        """Store frames in one transaction; `scope_id` is ignored (v1 legacy)."""
+
+    @abc.abstractmethod
+    def push_once(self, key: str, dataframes: Iterable[DataFrame]) -> bool:
+        """Store frames and a ledger key in one transaction; nothing if the key is stored."""
+
+    @abc.abstractmethod
+    def retrieve(
+        self,
+        begin: datetime.datetime | None = None,
+        end: datetime.datetime | None = None,
+        filters: dict | None = None,
+        metric_types: str | list[str] | None = None,
+        offset: int = 0,
+        limit: int = 1000,
+        paginate: bool = True,
+    ) -> dict:
+        """Return `{'total': points, 'dataframes': [frames]}`, points starting in [begin, end)."""
+
+    @abc.abstractmethod
+    def total(
+        self,
+        groupby: list[str] | None = None,
+        begin: datetime.datetime | None = None,
+        end: datetime.datetime | None = None,
+        metric_types: str | list[str] | None = None,
+        filters: dict | None = None,
+        custom_fields: Any = None,
+        offset: int = 0,
+        limit: int = 1000,
+        paginate: bool = True,
+    ) -> dict:
+        """Return `{'total': groups, 'results': [{begin, end, qty, rate, *groupby}]}`."""
+
+    @abc.abstractmethod
+    def delete(
+        self,
+        begin: datetime.datetime | None = None,
+        end: datetime.datetime | None = None,
+        filters: dict | None = None,
+    ) -> None:
+        """Delete the points starting in [begin, end) that match the filters; None is open."""
+
+    def get_retention(self) -> datetime.timedelta:
+        """Return how long datapoints are kept."""
+        return datetime.timedelta(hours=self.retention_period)
+
+    @staticmethod
+    def parse_groupby_syntax_to_groupby_elements(groupby: list[str] | None) -> list[str] | None:
+        """Turn `time-d/-w/-m/-y` into the attribute names CloudKitty's collector writes.
+
+        Raises:
+            ValueError: an unknown `time-` syntax.
+        """
+        if not groupby:
+            return groupby
+        for element in groupby:
+            if element.startswith("time-") and element not in TIME_GROUPBYS:
+                raise ValueError(
+                    f"invalid time groupby {element!r:.40}: use one of "
+                    f"{', '.join(TIME_GROUPBYS)}, or 'time'"
+                )
+        return [TIME_GROUPBYS.get(element, element) for element in groupby]
+
+
+def get_storage(name: str, **options: Any) -> BaseStorage:
+    """Load the backend registered as `name` and make it ready (`init()`).
+
+    Raises:
+        StorageError: no such backend, or it cannot start.
+    """
+    found = entry_points(group=ENTRY_POINT_GROUP, name=name)
+    if not found:
+        names = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+        raise StorageError(f"unknown storage backend {name!r:.40}: installed are {names}")
+    backend_class = next(iter(found)).load()
+    backend: BaseStorage = backend_class(**options)
+    backend.init()
+    return backend
