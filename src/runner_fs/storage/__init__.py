@@ -99,17 +99,26 @@ class BaseStorage(abc.ABC):
         return [TIME_GROUPBYS.get(element, element) for element in groupby]
 
 
+def backend_class(name: str) -> type[BaseStorage]:
+    """Return the backend class registered as `name`.
+
+    Raises:
+        StorageError: no backend of that name is installed.
+    """
+    found = entry_points(group=ENTRY_POINT_GROUP, name=name)
+    if not found:
+        names = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+        raise StorageError(f"unknown storage backend {name!r:.40}: installed are {names}")
+    loaded: type[BaseStorage] = next(iter(found)).load()
+    return loaded
+
+
 def get_storage(name: str, **options: Any) -> BaseStorage:
     """Load the backend registered as `name` and make it ready (`init()`).
 
     Raises:
         StorageError: no such backend, or it cannot start.
     """
-    found = entry_points(group=ENTRY_POINT_GROUP, name=name)
-    if not found:
-        names = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
-        raise StorageError(f"unknown storage backend {name!r:.40}: installed are {names}")
-    backend_class = next(iter(found)).load()
-    backend: BaseStorage = backend_class(**options)
+    backend = backend_class(name)(**options)
     backend.init()
     return backend
