@@ -4,10 +4,12 @@ Schema (version 1), instants in UTC microseconds, quantities as fixed-point inte
 exact and reproducible: `qty` in millionths, `price` in billionths::
 
     meta(key PRIMARY KEY, value)                    schema_version
-    groups(id PRIMARY KEY, groupby UNIQUE)          one row per distinct groupby (JSON)
     points(id PRIMARY KEY, begin_us, end_us, type, unit, qty_micro, price_nano,
-           group_id -> groups, metadata JSON, description)
+           groupby JSON, metadata JSON, description)
     ledger(key PRIMARY KEY, stored_us, points)      exactly-once harvest keys
+
+One flat table: runner groupbys (host, flavor, repository, workflow, event, status) are nearly
+unique per point, so a separate table of distinct groupbys only added a lookup per point.
 """
 
 from __future__ import annotations
@@ -26,13 +28,12 @@ from runner_fs.errors import StorageError
 from runner_fs.storage import BaseStorage
 
 SCHEMA_VERSION = 1
-QTY_SCALE = 10**6
-PRICE_SCALE = 10**9
+QTY_DIGITS, PRICE_DIGITS = 6, 9
+QTY_SCALE, PRICE_SCALE = 10**QTY_DIGITS, 10**PRICE_DIGITS
 _MAX_FIXED = 2**62
 _UTC = datetime.timezone.utc
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS groups (id INTEGER PRIMARY KEY, groupby TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS points (
     id INTEGER PRIMARY KEY,
     begin_us INTEGER NOT NULL,
@@ -41,7 +42,7 @@ CREATE TABLE IF NOT EXISTS points (
     unit TEXT NOT NULL,
     qty_micro INTEGER NOT NULL,
     price_nano INTEGER NOT NULL,
-    group_id INTEGER NOT NULL REFERENCES groups (id),
+    groupby TEXT NOT NULL,
     metadata TEXT NOT NULL,
     description TEXT
 );
@@ -61,19 +62,20 @@ _COMPUTED = {
 }
 
 
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=_UTC)
+_MICROSECOND = datetime.timedelta(microseconds=1)
+
+
 def to_utc_us(moment: datetime.datetime) -> int:
     """Return UTC microseconds since the epoch; a naive datetime is UTC."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=_UTC)
-    delta = moment - datetime.datetime(1970, 1, 1, tzinfo=_UTC)
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return (moment - _EPOCH) // _MICROSECOND
 
 
 def from_utc_us(micros: int) -> datetime.datetime:
     """Return an aware datetime in the server's local zone."""
-    return (
-        datetime.datetime(1970, 1, 1, tzinfo=_UTC) + datetime.timedelta(microseconds=micros)
-    ).astimezone()
+    return (_EPOCH + micros * _MICROSECOND).astimezone()
 
 
 def month_window() -> tuple[datetime.datetime, datetime.datetime]:
@@ -87,15 +89,24 @@ def month_window() -> tuple[datetime.datetime, datetime.datetime]:
     return start, following.replace(tzinfo=None).astimezone()
 
 
-def _fixed(value: decimal.Decimal, scale: int, what: str) -> int:
-    scaled = int((value * scale).to_integral_value(decimal.ROUND_HALF_EVEN))
-    if abs(scaled) >= _MAX_FIXED:
+def _fixed(value: object, digits: int, what: str) -> int:
+    """Return `value` * 10**digits rounded half-even: an exact integer for SQL sums."""
+    try:
+        number = value if type(value) is decimal.Decimal else decimal.Decimal(value)  # type: ignore[arg-type]
+        scaled = int(number.scaleb(digits).to_integral_value(decimal.ROUND_HALF_EVEN))
+    except (decimal.InvalidOperation, TypeError, ValueError, OverflowError):
+        raise StorageError(f"{what} must be a finite number, not {value!r:.40}") from None
+    if not -_MAX_FIXED < scaled < _MAX_FIXED:
         raise StorageError(f"{what} {value} is too large to store")
     return scaled
 
 
-def _canonical(mapping: Any) -> str:
-    return json.dumps(dict(mapping), sort_keys=True, separators=(",", ":"), default=str)
+def _json_path(key: object) -> str:
+    """Return the SQLite JSON path of a top-level key, quoted so dots stay in the name."""
+    return "$." + json.dumps(str(key))
+
+
+_to_json = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
 class SQLiteStorage(BaseStorage):
@@ -111,7 +122,6 @@ class SQLiteStorage(BaseStorage):
         super().__init__(**options)
         self.path = Path(path)
         self._db: sqlite3.Connection | None = None
-        self._group_ids: dict[str, int] = {}
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -171,29 +181,18 @@ class SQLiteStorage(BaseStorage):
             if end < begin:
                 raise StorageError(f"a frame ends ({frame.end}) before it starts ({frame.start})")
             for type_, point in frame.iterpoints():
-                try:
-                    qty = decimal.Decimal(point.qty)
-                    price = decimal.Decimal(point.price)
-                except (decimal.InvalidOperation, TypeError, ValueError):
-                    raise StorageError(f"{type_}: qty and price must be numbers") from None
                 rows.append((begin, end, str(type_), str(point.unit),
-                             _fixed(qty, QTY_SCALE, "qty"), _fixed(price, PRICE_SCALE, "price"),
-                             _canonical(point.groupby), _canonical(point.metadata),
+                             _fixed(point.qty, QTY_DIGITS, f"{type_} qty"),
+                             _fixed(point.price, PRICE_DIGITS, f"{type_} price"),
+                             _to_json(point.groupby), _to_json(point.metadata),
                              point.description))  # fmt: skip
         return rows
 
     def _insert(self, rows: list[tuple]) -> None:
-        db = self.db
-        for groupby in {row[6] for row in rows} - self._group_ids.keys():
-            db.execute("INSERT OR IGNORE INTO groups (groupby) VALUES (?)", (groupby,))
-            self._group_ids[groupby] = db.execute(
-                "SELECT id FROM groups WHERE groupby = ?", (groupby,)
-            ).fetchone()[0]
-        ids = self._group_ids
-        db.executemany(
-            "INSERT INTO points (begin_us, end_us, type, unit, qty_micro, price_nano, group_id,"
+        self.db.executemany(
+            "INSERT INTO points (begin_us, end_us, type, unit, qty_micro, price_nano, groupby,"
             " metadata, description) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(*row[:6], ids[row[6]], *row[7:]) for row in rows],
+            rows,
         )
 
     def push(self, dataframes: Iterable[DataFrame], scope_id: str | None = None) -> None:
@@ -207,7 +206,6 @@ class SQLiteStorage(BaseStorage):
             with self._transaction():
                 self._insert(rows)
         except sqlite3.Error as exc:
-            self._group_ids.clear()
             raise StorageError(f"push to {self.path} failed: {exc}") from exc
 
     def push_once(self, key: str, dataframes: Iterable[DataFrame]) -> bool:
@@ -228,7 +226,6 @@ class SQLiteStorage(BaseStorage):
                 now = to_utc_us(datetime.datetime.now(_UTC))
                 self.db.execute("INSERT INTO ledger VALUES (?, ?, ?)", (key, now, len(rows)))
         except sqlite3.Error as exc:
-            self._group_ids.clear()
             raise StorageError(f"push to {self.path} failed: {exc}") from exc
         return True
 
@@ -278,15 +275,12 @@ class SQLiteStorage(BaseStorage):
                 if not types:
                     return "0", []
                 continue
-            path = "$." + json.dumps(str(key))
+            path = _json_path(key)
             clauses.append(
-                "(p.group_id IN (SELECT id FROM groups WHERE"
-                f" CAST(json_extract(groupby, ?) AS TEXT) IN ({marks}))"
-                " OR (p.group_id IN (SELECT id FROM groups WHERE"
-                f" json_type(groupby, ?) IS NULL) AND CAST(json_extract(p.metadata, ?) AS TEXT)"
-                f" IN ({marks})))"
+                f"CAST(CASE WHEN json_type(p.groupby, ?) IS NULL THEN json_extract(p.metadata, ?)"
+                f" ELSE json_extract(p.groupby, ?) END AS TEXT) IN ({marks})"
             )
-            args += [path, *values, path, path, *values]
+            args += [path, path, path, *values]
         if types:
             clauses.append(f"p.type IN ({', '.join('?' * len(types))})")
             args += types
@@ -309,9 +303,9 @@ class SQLiteStorage(BaseStorage):
         ).fetchone()[0]
         page = " LIMIT ? OFFSET ?" if paginate else ""
         rows = self.db.execute(
-            "SELECT p.begin_us, p.end_us, p.type, p.unit, p.qty_micro, p.price_nano, g.groupby,"
-            f" p.metadata, p.description FROM points AS p JOIN groups AS g ON g.id = p.group_id"
-            f" WHERE {where} ORDER BY p.begin_us, p.end_us, p.type, p.id{page}",
+            "SELECT p.begin_us, p.end_us, p.type, p.unit, p.qty_micro, p.price_nano, p.groupby,"
+            f" p.metadata, p.description FROM points AS p WHERE {where}"
+            f" ORDER BY p.begin_us, p.end_us, p.type, p.id{page}",
             [*args, limit, offset] if paginate else args,
         )
         frames: dict[tuple[int, int], DataFrame] = {}
@@ -352,44 +346,33 @@ class SQLiteStorage(BaseStorage):
             begin, end = begin or default_begin, end or default_end
         where, args = self._where(begin, end, filters, metric_types)
         by_time = "time" in groupby
-        inner_keys = ["p.group_id", "p.type"] + (["p.begin_us", "p.end_us"] if by_time else [])
-        if any(key in _COMPUTED for key in groupby):
-            inner_keys += ["p.begin_us"] if not by_time else []
-        outer, names = [], []
+        keys, names = [], []
         for key in groupby:
             if key == "time":
                 continue
             names.append(key)
-            path = "'$." + str(key).replace("'", "''").replace('"', "") + "'"
+            path = "'" + _json_path(key).replace("'", "''") + "'"
             if key == "type":
-                outer.append("s.type")
+                keys.append("p.type")
             elif key in _COMPUTED:
-                computed = _COMPUTED[key].replace("p.begin_us", "s.begin_us")
-                outer.append(f"COALESCE(json_extract(g.groupby, {path}), {computed})")
+                keys.append(f"COALESCE(json_extract(p.groupby, {path}), {_COMPUTED[key]})")
             else:
-                outer.append(f"json_extract(g.groupby, {path})")
+                keys.append(f"json_extract(p.groupby, {path})")
         if by_time:
-            outer += ["s.begin_us", "s.end_us"]
-        select_keys = ", ".join(outer) if outer else "NULL"
-        group_clause = f" GROUP BY {', '.join(outer)} ORDER BY {', '.join(outer)}" if outer else ""
-        inner_select = ", ".join(f"{k} AS {k.split('.')[1]}" for k in dict.fromkeys(inner_keys))
+            keys += ["p.begin_us", "p.end_us"]
+        grouping = f" GROUP BY {', '.join(keys)} ORDER BY {', '.join(keys)}" if keys else ""
         sql = (
-            f"WITH s AS (SELECT {inner_select}, SUM(p.qty_micro) AS q, SUM(p.price_nano) AS c"
-            f" FROM points AS p WHERE {where} GROUP BY {', '.join(dict.fromkeys(inner_keys))})"
-            f" SELECT {select_keys}, SUM(s.q), SUM(s.c)"
-            " FROM s JOIN groups AS g ON g.id = s.group_id"
-            f"{group_clause}"
+            f"SELECT {', '.join(keys) or 'NULL'}, SUM(p.qty_micro), SUM(p.price_nano)"
+            f" FROM points AS p WHERE {where}{grouping}"
         )
         results = []
+        row_begin, row_end = _local(begin), _local(end)
         for row in self.db.execute(sql, args):
-            values, qty, price = row[: len(outer) or 1], row[-2] or 0, row[-1] or 0
+            values, qty, price = row[: len(keys) or 1], row[-2] or 0, row[-1] or 0
             if by_time:
                 row_begin, row_end = from_utc_us(values[-2]), from_utc_us(values[-1])
-            else:
-                row_begin, row_end = _local(begin), _local(end)
             result = {"begin": row_begin, "end": row_end,
-                      "qty": float(decimal.Decimal(qty) / QTY_SCALE),
-                      "rate": float(decimal.Decimal(price) / PRICE_SCALE)}  # fmt: skip
+                      "qty": qty / QTY_SCALE, "rate": price / PRICE_SCALE}  # fmt: skip
             result.update(zip(names, values[: len(names)], strict=True))
             results.append(result)
         page = results[offset : offset + limit] if paginate else results

@@ -1,0 +1,213 @@
+"""Benchmark: the SQLite backend's push, total, retrieve and delete against hand-written SQL.
+
+The data are realistic runner metrics: one point per frame (each harvested metric has its own
+begin and end), three metric types, 20 hosts, 8 flavors, 400 repositories, 60 workflows, spread
+over 30 days. Both sides work on the same database file in the same run:
+
+- push: `push()` of real DataFrame objects, 1000 points per call (one transaction each),
+  against `executemany` of ready-made tuples (already converted to integers and JSON text)
+  into a table with the same columns and index, also 1000 per transaction. Building either
+  side's input is not timed.
+- total / retrieve / delete: our method against the same answer written by hand in SQL over
+  the same table, the result rows fetched (no Python objects built for them).
+
+Run:  python bench/bench_storage.py --n 10000 100000 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import decimal
+import json
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from runner_fs.dataframe import DataFrame, DataPoint
+from runner_fs.storage.sqlite import PRICE_SCALE, QTY_SCALE, SQLiteStorage, to_utc_us
+
+UTC = datetime.timezone.utc
+T0 = datetime.datetime(2026, 6, 1, tzinfo=UTC)
+DAYS = 30
+BATCH = 1000
+TYPES = ("runner.installation", "runner.idle", "runner.job")
+FLAVORS = [f"flavor-{i}" for i in range(8)]
+REPOSITORIES = [f"org-{i % 20}/repo-{i}" for i in range(400)]
+WORKFLOWS = [f"workflow-{i}" for i in range(60)]
+UNITS = [f"runner-fs/{i}" for i in range(20)]
+
+
+def _points(n: int, seed: int = 7) -> Iterator[tuple]:
+    """Yield (start, end, type, qty, price, groupby, metadata) of realistic runner metrics."""
+    rng = random.Random(seed)  # noqa: S311 (test data)
+    for i in range(n):
+        start = T0 + datetime.timedelta(seconds=rng.randrange(DAYS * 86400))
+        seconds = decimal.Decimal(rng.randrange(1, 7200_000)) / 1000
+        type_ = TYPES[i % 3]
+        groupby = {"unit": rng.choice(UNITS), "flavor": rng.choice(FLAVORS)}
+        if type_ != "runner.installation":
+            groupby |= {
+                "repository": rng.choice(REPOSITORIES),
+                "workflow": rng.choice(WORKFLOWS),
+                "event": rng.choice(("push", "pull_request", "schedule")),
+            }
+        if type_ == "runner.job":
+            groupby["status"] = rng.choice(("normal", "abnormal"))
+        price = (seconds / 3600 * decimal.Decimal("0.008")).quantize(decimal.Decimal("1e-9"))
+        metadata = {"runner_name": f"runner-{i}", "workflow_run_id": str(10**9 + i)}
+        yield (
+            start,
+            start + datetime.timedelta(seconds=float(seconds)),
+            type_,
+            seconds,
+            price,
+            groupby,
+            metadata,
+        )
+
+
+def _batches(n: int) -> Iterator[list[tuple]]:
+    batch: list[tuple] = []
+    for point in _points(n):
+        batch.append(point)
+        if len(batch) == BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _frames(batch: list[tuple]) -> list[DataFrame]:
+    frames = []
+    for start, end, type_, qty, price, groupby, metadata in batch:
+        frame = DataFrame(start, end)
+        frame.add_point(DataPoint("s", qty, price, groupby, metadata), type_)
+        frames.append(frame)
+    return frames
+
+
+def _raw_rows(batch: list[tuple]) -> list[tuple]:
+    return [
+        (to_utc_us(s), to_utc_us(e), t, "s", int(q * QTY_SCALE), int(p * PRICE_SCALE),
+         json.dumps(g, sort_keys=True), json.dumps(m, sort_keys=True), None)
+        for s, e, t, q, p, g, m in batch
+    ]  # fmt: skip
+
+
+def bench_push(storage: SQLiteStorage, n: int) -> dict[str, float]:
+    """Return points per second for `push()` and for the raw insert."""
+    db = storage.db
+    db.execute(
+        "CREATE TABLE raw_points (begin_us INTEGER, end_us INTEGER, type TEXT, unit TEXT,"
+        " qty_micro INTEGER, price_nano INTEGER, groupby TEXT, metadata TEXT, description TEXT)"
+    )
+    db.execute("CREATE INDEX raw_points_begin ON raw_points (begin_us)")
+    ours = raw = 0.0
+    for batch in _batches(n):
+        frames, rows = _frames(batch), _raw_rows(batch)
+        start = time.perf_counter()
+        storage.push(frames)
+        ours += time.perf_counter() - start
+        start = time.perf_counter()
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany("INSERT INTO raw_points VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        db.execute("COMMIT")
+        raw += time.perf_counter() - start
+    db.execute("DROP TABLE raw_points")
+    return {"ours": n / ours, "raw": n / raw}
+
+
+def _best(action: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _hand_total(db, keys: list[str], begin: int, end: int) -> list:
+    columns = ", ".join(f"json_extract(groupby, '$.{k}')" for k in keys)
+    return db.execute(
+        f"SELECT {columns}, SUM(qty_micro), SUM(price_nano) FROM points"
+        f" WHERE begin_us >= ? AND begin_us < ? GROUP BY {columns} ORDER BY {columns}",
+        (begin, end),
+    ).fetchall()
+
+
+def _hand_retrieve(db, begin: int, end: int, offset: int) -> list:
+    db.execute(
+        "SELECT COUNT(*) FROM points WHERE begin_us >= ? AND begin_us < ?", (begin, end)
+    ).fetchone()
+    rows = db.execute(
+        "SELECT p.begin_us, p.end_us, p.type, p.unit, p.qty_micro, p.price_nano, p.groupby,"
+        " p.metadata, p.description FROM points AS p WHERE p.begin_us >= ? AND p.begin_us < ?"
+        " ORDER BY p.begin_us, p.end_us, p.type, p.id LIMIT 1000 OFFSET ?",
+        (begin, end, offset),
+    ).fetchall()
+    return [(*row[:6], json.loads(row[6]), json.loads(row[7]), row[8]) for row in rows]
+
+
+def run(n: int, directory: Path, repeat: int) -> list[tuple[str, float, float]]:
+    """Return rows (operation, ours, hand-written) in seconds, or points/s for push."""
+    storage = SQLiteStorage(path=directory / f"bench-{n}.db")
+    storage.init()
+    push = bench_push(storage, n)
+    rows = [("push (points/s)", push["ours"], push["raw"])]
+    db = storage.db
+    for days in (1, 7, 30):
+        end = T0 + datetime.timedelta(days=days)
+        window = (to_utc_us(T0), to_utc_us(end))
+        for keys in (["repository"], ["repository", "flavor"]):
+            rows.append((
+                f"total by {'+'.join(keys)}, {days} d",
+                _best(lambda k=keys, e=end: storage.total(k, T0, e, paginate=False), repeat),
+                _best(lambda k=keys, w=window: _hand_total(db, k, *w), repeat),
+            ))  # fmt: skip
+    end = T0 + datetime.timedelta(days=DAYS)
+    offset = max(0, n - 1000)
+    rows.append((
+        f"retrieve 1000 at offset {offset}",
+        _best(lambda: storage.retrieve(T0, end, offset=offset), repeat),
+        _best(lambda: _hand_retrieve(db, to_utc_us(T0), to_utc_us(end), offset), repeat),
+    ))  # fmt: skip
+    day = T0 + datetime.timedelta(days=DAYS // 2)
+    next_day = day + datetime.timedelta(days=1)
+    start = time.perf_counter()
+    storage.delete(day, next_day)
+    ours = time.perf_counter() - start
+    start = time.perf_counter()
+    db.execute("BEGIN IMMEDIATE")
+    db.execute(
+        "DELETE FROM points WHERE begin_us >= ? AND begin_us < ?",
+        (to_utc_us(next_day), to_utc_us(next_day + datetime.timedelta(days=1))),
+    )
+    db.execute("COMMIT")
+    rows.append(("delete a day", ours, time.perf_counter() - start))
+    return rows
+
+
+def main() -> None:
+    """Run the sizes given and print one Markdown table per size."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--repeat", type=int, default=3, help="best of this many (reads)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="runner-fs-bench-") as directory:
+        for n in args.n:
+            print(f"\n### {n:,} datapoints\n")
+            print("| operation | ours | hand-written SQL | ratio |")
+            print("| --- | --- | --- | --- |")
+            for name, ours, hand in run(n, Path(directory), args.repeat):
+                if name.startswith("push"):
+                    print(f"| {name} | {ours:,.0f} | {hand:,.0f} | {ours / hand:.0%} of raw |")
+                else:
+                    print(f"| {name} | {ours:.4f} s | {hand:.4f} s | {ours / hand:.2f}x |")
+            Path(directory, f"bench-{n}.db").unlink()
+
+
+if __name__ == "__main__":
+    main()
