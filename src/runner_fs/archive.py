@@ -10,6 +10,7 @@ is noted in `MANIFEST.json` inside the archive.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -179,3 +180,12 @@ def _add_regular(
     if info.size < size:
         entry["truncated"] = "archive content cap reached"
     return info.size
+
+
+def sha256_of(path: Path) -> str:
+    """Return the hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,133 @@
+"""The host config file the command line reads (rendered by the charm), validated with pydantic."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import os
+import pwd
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from runner_fs.metrics.events import parse_rates
+from runner_fs.shared_fs import parse_size, resolve_owner
+
+DEFAULT_PATH = Path("/etc/runner-fs/config.yaml")
+CONFIG_ENV = "RUNNER_FS_CONFIG"
+DEFAULT_OWNER = "ubuntu:ubuntu"
+
+
+class ConfigError(ValueError):
+    """The host config file is missing, unreadable or invalid."""
+
+
+class HostConfig(BaseModel):
+    """Settings shared by the charm and the command line; keys as the charm's options."""
+
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=lambda name: name.replace("_", "-"), frozen=True
+    )
+
+    base_dir: Path = Path("/var/lib/runner-fs")
+    filesystem_size: str = "1M"
+    filesystem_owner: str = DEFAULT_OWNER
+    flavor: str = ""
+    max_runner_age: float = Field(24, gt=0, description="hours")
+    retention_period: float = Field(2400, gt=0, description="hours")
+    rates: str = ""
+    storage_backend: Literal["sqlite", "postgresql"] = "sqlite"
+    storage_options: dict[str, str] = Field(default_factory=dict)
+    unit: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
+
+    @field_validator("filesystem_size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        parse_size(value)
+        return value
+
+    @field_validator("filesystem_owner")
+    @classmethod
+    def _owner(cls, value: str) -> str:
+        if value != DEFAULT_OWNER:  # the default may be absent (Debian): see `owner`
+            resolve_owner(value)
+        return value
+
+    @field_validator("rates")
+    @classmethod
+    def _rates(cls, value: str) -> str:
+        parse_rates(value)
+        return value
+
+    @field_validator("base_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError(f"must be an absolute path, not {str(value)!r:.80}")
+        return value
+
+    @property
+    def owner(self) -> str | None:
+        """The owner of new filesystems; the default `ubuntu` falls back to root where absent."""
+        if self.filesystem_owner == DEFAULT_OWNER:
+            try:
+                pwd.getpwnam("ubuntu")
+            except KeyError:
+                return None
+        return self.filesystem_owner
+
+    @property
+    def rate_table(self) -> dict[str, decimal.Decimal]:
+        """Price per hour by flavor."""
+        return parse_rates(self.rates)
+
+    @property
+    def max_age(self) -> datetime.timedelta:
+        """`max-runner-age` as a duration."""
+        return datetime.timedelta(hours=self.max_runner_age)
+
+    @property
+    def retention(self) -> datetime.timedelta:
+        """`retention-period` as a duration."""
+        return datetime.timedelta(hours=self.retention_period)
+
+    def backend_options(self) -> dict[str, Any]:
+        """Options for `get_storage`: SQLite's `path` defaults to `<base-dir>/metrics.db`."""
+        options: dict[str, Any] = {"retention_period": self.retention_period}
+        if self.storage_backend == "sqlite":
+            options["path"] = self.base_dir / "metrics.db"
+        return options | dict(self.storage_options)
+
+
+def load_config(path: Path | None = None) -> HostConfig:
+    """Load the config file: `path`, else `$RUNNER_FS_CONFIG`, else the default path.
+
+    Only the default path may be absent (the defaults apply).
+
+    Raises:
+        ConfigError: the file is missing (when named), unreadable, or has a bad key or value;
+            the message names the key and the rule.
+    """
+    named = path or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
+    source = named or DEFAULT_PATH
+    try:
+        data = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        if named:
+            raise ConfigError(f"config file {source} does not exist") from None
+        data = {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config file {source}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {source} must be a mapping of keys to values")
+    try:
+        return HostConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, error['loc'])) or 'file'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise ConfigError(f"invalid config file {source}: {problems}") from None

@@ -1,0 +1,180 @@
+"""One harvest pass: push the metrics of finished runners exactly once, then delete them.
+
+Order per filesystem: read and validate, `push_once` (frames and ledger key in one
+transaction), then delete. A kill between the push and the delete leaves the filesystem for the
+next pass, whose `push_once` finds the key and stores nothing: no metric lost, none twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import decimal
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from runner_fs.errors import CorruptMetricDataError, MetricsStorageError, StorageError
+from runner_fs.metrics.events import to_dataframes
+from runner_fs.metrics.runner import POST_JOB_FILE, read_runner_metrics
+from runner_fs.shared_fs import FilesystemInfo, FilesystemRecord, SharedFilesystemManager
+from runner_fs.storage import BaseStorage
+
+logger = logging.getLogger(__name__)
+
+RECONCILE_LOCK = "reconcile"
+STATES = ("running", "finished", "released", "expired", "broken")
+Progress = Callable[[int, int], None]
+
+
+@dataclasses.dataclass
+class ReconcileResult:
+    """What one pass did; `errors` counts problems, each logged once."""
+
+    harvested: int = 0
+    quarantined: int = 0
+    skipped: int = 0
+    datapoints: int = 0
+    errors: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """Return the counts by name."""
+        return dataclasses.asdict(self)
+
+
+def filesystem_state(
+    info: FilesystemInfo, now: datetime.datetime, max_runner_age: datetime.timedelta
+) -> str:
+    """Return one of STATES; anything but `running` is harvested (or, if broken, quarantined)."""
+    if info.broken or info.record is None:
+        return "broken"
+    if _exists(info.path / POST_JOB_FILE):
+        return "finished"
+    if info.record.released:
+        return "released"
+    if now - info.record.created > max_runner_age:
+        return "expired"
+    return "running"
+
+
+def _exists(path: Path) -> bool:
+    """Whether anything is at `path`, a link or FIFO included (never followed or opened)."""
+    try:
+        os.lstat(path)
+    except OSError:
+        return False
+    return True
+
+
+@dataclasses.dataclass
+class Reconciler:
+    """Harvests one host's filesystems into one storage backend.
+
+    Attributes:
+        manager: the host's filesystems.
+        storage: where datapoints go (initialised).
+        unit: this host's identity, the `unit` groupby and the ledger key prefix.
+        max_runner_age: a filesystem older than this is harvested even if its runner runs on.
+        retention: datapoints older than this are deleted from storage after each pass.
+        rates: price per hour by flavor.
+        lock_timeout: seconds to wait for another pass before giving up.
+    """
+
+    manager: SharedFilesystemManager
+    storage: BaseStorage
+    unit: str
+    max_runner_age: datetime.timedelta = datetime.timedelta(hours=24)
+    retention: datetime.timedelta | None = None
+    rates: Mapping[str, decimal.Decimal] = dataclasses.field(default_factory=dict)
+    lock_timeout: float = 60.0
+
+    def run(self, progress: Progress | None = None) -> ReconcileResult:
+        """Run one pass under the reconcile lock.
+
+        Raises:
+            LockTimeoutError: another pass held the lock for the whole wait (names its pid).
+        """
+        result = ReconcileResult()
+        with self.manager.lock(RECONCILE_LOCK, self.lock_timeout):
+            now = datetime.datetime.now(datetime.timezone.utc)
+            infos = self.manager.list_info()
+            storage_ok = True
+            for done, info in enumerate(infos, 1):
+                state, record = filesystem_state(info, now, self.max_runner_age), info.record
+                if state == "running":
+                    result.skipped += 1
+                elif state == "broken" or record is None:
+                    logger.error("runner %s: broken (%s)", info.runner, info.broken)
+                    result.errors += 1
+                    self._quarantine(info.runner, result)
+                else:
+                    storage_ok = self._harvest(info.path, record, state, storage_ok, result)
+                if progress:
+                    progress(done, len(infos))
+            if storage_ok:
+                self._apply_retention(now, result)
+        logger.info("reconcile: %s", result.as_dict())
+        return result
+
+    def _harvest(
+        self,
+        path: Path,
+        record: FilesystemRecord,
+        state: str,
+        storage_ok: bool,
+        result: ReconcileResult,
+    ) -> bool:
+        """Harvest one filesystem; return whether storage still works."""
+        name = record.runner
+        try:
+            metrics = read_runner_metrics(path)
+        except CorruptMetricDataError as exc:
+            logger.warning("runner %s: corrupt metrics, quarantining: %s", name, exc)
+            self._quarantine(name, result)
+            return storage_ok
+        if not storage_ok:
+            result.skipped += 1
+            return False
+        flavor = record.labels.get("flavor") or self.manager.flavor
+        frames = to_dataframes(metrics, name, self.unit, flavor, self.rates) if metrics else []
+        points = sum(1 for frame in frames for _ in frame.iterpoints())
+        key = f"{self.unit}/{name}/{record.uuid}"
+        try:
+            stored = self.storage.push_once(key, frames) if frames else False
+        except StorageError as exc:
+            logger.error("storage failed; filesystems wait for the next pass: %s", exc)
+            result.errors += 1
+            result.skipped += 1
+            return False
+        if stored:
+            result.datapoints += points
+        try:
+            self.manager.delete(name)
+        except (MetricsStorageError, OSError) as exc:
+            logger.error("runner %s: harvested but not deleted: %s", name, exc)
+            result.errors += 1
+            return True
+        result.harvested += 1
+        logger.info(
+            "harvested runner %s (%s): %d datapoints", name, state, points if stored else 0
+        )
+        return True
+
+    def _quarantine(self, name: str, result: ReconcileResult) -> None:
+        try:
+            self.manager.move_to_quarantine(name)  # logs where the archive is
+        except (MetricsStorageError, OSError) as exc:
+            logger.error("runner %s: cannot quarantine: %s", name, exc)
+            result.errors += 1
+            return
+        result.quarantined += 1
+
+    def _apply_retention(self, now: datetime.datetime, result: ReconcileResult) -> None:
+        if self.retention is None:
+            return
+        try:
+            self.storage.delete(end=now - self.retention)
+        except StorageError as exc:
+            logger.error("retention: cannot delete old datapoints: %s", exc)
+            result.errors += 1
