@@ -2,7 +2,7 @@
 
 The data are realistic runner metrics: one point per frame (each harvested metric has its own
 begin and end), three metric types, 20 hosts, 8 flavors, 400 repositories, 60 workflows, spread
-over 30 days. Both sides work on the same database file in the same run:
+over 30 days in time order (as harvests arrive). Both sides work on the same database file in the same run:
 
 - push: `push()` of real DataFrame objects, 1000 points per call (one transaction each),
   against `executemany` of ready-made tuples (already converted to integers and JSON text)
@@ -44,7 +44,8 @@ def _points(n: int, seed: int = 7) -> Iterator[tuple]:
     """Yield (start, end, type, qty, price, groupby, metadata) of realistic runner metrics."""
     rng = random.Random(seed)  # noqa: S311 (test data)
     for i in range(n):
-        start = T0 + datetime.timedelta(seconds=rng.randrange(DAYS * 86400))
+        # harvests arrive in time order, each point up to an hour from its neighbours
+        start = T0 + datetime.timedelta(seconds=i * DAYS * 86400 // n + rng.randrange(3600))
         seconds = decimal.Decimal(rng.randrange(1, 7200_000)) / 1000
         type_ = TYPES[i % 3]
         groupby = {"unit": rng.choice(UNITS), "flavor": rng.choice(FLAVORS)}
