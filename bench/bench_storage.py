@@ -2,7 +2,8 @@
 
 The data are realistic runner metrics: one point per frame (each harvested metric has its own
 begin and end), three metric types, 20 hosts, 8 flavors, 400 repositories, 60 workflows, spread
-over 30 days in time order (as harvests arrive). Both sides work on the same database file in the same run:
+over 30 days in time order (as harvests arrive). Both sides work on the same database file
+in the same run:
 
 - push: `push()` of real DataFrame objects, 1000 points per call (one transaction each),
   against `executemany` of ready-made tuples (already converted to integers and JSON text)

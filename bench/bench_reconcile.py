@@ -1,0 +1,133 @@
+"""Benchmark: a full reconcile of N finished runners, ours against a model of the reference.
+
+The reference (github-runner charm's metrics harvest) lists filesystems with one `mountpoint -q`
+subprocess per runner, reads the metric files with plain `open()`, appends one JSON line per
+event to a log file, then deletes each filesystem with an `umount` subprocess, an unlink and an
+rmtree. Ours: one mount-table read, bounded `O_NOFOLLOW` reads validated by pydantic, one SQLite
+transaction per runner (`push_once`: datapoints and ledger key), then umount(2) and unlink.
+Both sides start from the same N freshly created filesystems with four valid files each, each
+in its own process (peak RSS is that process's); setup is not timed.
+
+Run as root:  python bench/bench_reconcile.py --n 100 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from runner_fs.metrics import runner as files
+from runner_fs.shared_fs import SharedFilesystemManager, purge
+
+NOW = time.time()
+
+
+def setup(base: Path, n: int) -> None:
+    """Create N finished runners' filesystems (not timed)."""
+    manager = SharedFilesystemManager(base, size="1M", flavor="small")
+    for index in range(n):
+        path = manager.create(f"bench-{index}").path
+        (path / files.INSTALLATION_START_FILE).write_text(f"{NOW - 600}")
+        (path / files.INSTALLED_FILE).write_text(f"{NOW - 560}")
+        pre = {"timestamp": NOW - 500, "workflow": "ci", "workflow_run_id": str(index),
+               "repository": f"acme/repo-{index % 40}", "event": "push"}  # fmt: skip
+        (path / files.PRE_JOB_FILE).write_text(json.dumps(pre))
+        post = {"timestamp": NOW - 100, "status": "normal", "status_info": None}
+        (path / files.POST_JOB_FILE).write_text(json.dumps(post))
+
+
+def reference_pass(base: Path) -> int:
+    """Harvest as the reference does: subprocesses per runner, JSON lines, then delete."""
+    harvested = 0
+    with open(base / "metrics.log", "a", encoding="utf-8") as log:
+        for mount in sorted((base / "mounts").iterdir()):
+            if subprocess.run(["mountpoint", "-q", str(mount)], check=False).returncode:
+                continue
+            metrics = {}
+            for name in files.METRIC_FILES:
+                path = mount / name
+                if path.exists():
+                    metrics[name] = path.read_text(encoding="utf-8")
+            if files.POST_JOB_FILE not in metrics:
+                continue
+            pre, post = (
+                json.loads(metrics[files.PRE_JOB_FILE]),
+                json.loads(metrics[files.POST_JOB_FILE]),
+            )
+            installed = float(metrics[files.INSTALLED_FILE])
+            started = float(metrics[files.INSTALLATION_START_FILE])
+            job = post["timestamp"] - pre["timestamp"]
+            for event in (
+                {"event": "runner_installed", "duration": installed - started},
+                {"event": "runner_start", "idle": pre["timestamp"] - installed, **pre},
+                {"event": "runner_stop", "job_duration": job, **post},
+            ):
+                log.write(json.dumps(event) + "\n")
+            subprocess.run(["umount", str(mount)], check=True)
+            (base / "images" / f"{mount.name}.img").unlink()
+            shutil.rmtree(mount)
+            harvested += 1
+    return harvested
+
+
+def ours_pass(base: Path) -> int:
+    """Our harvest into SQLite."""
+    from runner_fs.reconcile import Reconciler
+    from runner_fs.storage import get_storage
+
+    manager = SharedFilesystemManager(base, size="1M", flavor="small")
+    storage = get_storage("sqlite", path=base / "metrics.db")
+    return Reconciler(manager, storage, "bench-host").run().harvested
+
+
+def worker(impl: str, base: Path) -> None:
+    start = time.perf_counter()
+    harvested = (ours_pass if impl == "ours" else reference_pass)(base)
+    seconds = time.perf_counter() - start
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "harvested": harvested, "peak_mib": peak_mib}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--worker", choices=["ours", "reference"], help=argparse.SUPPRESS)
+    parser.add_argument("--base", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, args.base)
+        return
+    print("| N | reference model | ours | ratio | peak RSS reference / ours |")
+    print("| --- | --- | --- | --- | --- |")
+    for n in args.n:
+        measured = {}
+        for impl in ("reference", "ours"):
+            with tempfile.TemporaryDirectory(prefix="runner-fs-bench-") as directory:
+                base = Path(directory) / "fs"
+                try:
+                    setup(base, n)
+                    out = subprocess.run(
+                        [sys.executable, __file__, "--worker", impl, "--base", str(base)],
+                        check=True, capture_output=True, text=True,
+                    )  # fmt: skip
+                    measured[impl] = json.loads(out.stdout)
+                    assert measured[impl]["harvested"] == n, measured[impl]
+                finally:
+                    purge(base)
+        ref, ours = measured["reference"], measured["ours"]
+        print(
+            f"| {n} | {ref['seconds']:.2f} s | {ours['seconds']:.2f} s |"
+            f" {ref['seconds'] / ours['seconds']:.1f}x |"
+            f" {ref['peak_mib']:.0f} / {ours['peak_mib']:.0f} MiB |"
+        )
+
+
+if __name__ == "__main__":
+    main()
