@@ -18,7 +18,7 @@ from typing import Any
 from runner_fs import archive, demo
 from runner_fs.config import ConfigError, HostConfig, load_config
 from runner_fs.errors import RunnerFsError
-from runner_fs.reconcile import Progress, Reconciler, filesystem_state
+from runner_fs.reconcile import Progress, Reconciler, list_filesystems
 from runner_fs.report import ISO_EXAMPLE, parse_instant, parse_list, report
 from runner_fs.shared_fs import SharedFilesystemManager
 from runner_fs.storage import BaseStorage, get_storage
@@ -87,19 +87,7 @@ def _cmd_get(args: argparse.Namespace) -> tuple[Any, str]:
 
 def _cmd_list(args: argparse.Namespace) -> tuple[Any, str]:
     config: HostConfig = args.config
-    now = datetime.datetime.now(datetime.timezone.utc)
-    rows = [
-        {
-            "runner": info.runner,
-            "mounted": info.mounted,
-            "size": info.record.size if info.record else None,
-            "used": info.used,
-            "created": info.record.created.isoformat() if info.record else None,
-            "released": info.record.released if info.record else None,
-            "state": filesystem_state(info, now, config.max_age),
-        }
-        for info in _manager(config).list_info()
-    ]
+    rows = list_filesystems(_manager(config), config.max_age)
     lines = [f"{'RUNNER':<32} {'STATE':<9} {'MOUNTED':<7} {'USED':>9} CREATED"]
     lines += [
         f"{r['runner']:<32} {r['state']:<9} {'yes' if r['mounted'] else 'no':<7} "

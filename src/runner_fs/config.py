@@ -126,8 +126,14 @@ def load_config(path: Path | None = None) -> HostConfig:
     try:
         return HostConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, error['loc'])) or 'file'}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise ConfigError(f"invalid config file {source}: {problems}") from None
+        raise ConfigError(f"invalid config file {source}: {describe(exc)}") from None
+
+
+def describe(exc: ValidationError) -> str:
+    """Say which keys are wrong, with what value, and the rule, in one line."""
+    problems = []
+    for error in exc.errors():
+        key = ".".join(map(str, error["loc"])) or "file"
+        value = f"={error['input']!r:.60}" if error["type"] != "extra_forbidden" else ""
+        problems.append(f"{key}{value}: {error['msg'].removeprefix('Value error, ')}")
+    return "; ".join(problems)

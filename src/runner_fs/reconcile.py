@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import decimal
+import json
 import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from runner_fs.errors import CorruptMetricDataError, MetricsStorageError, StorageError
 from runner_fs.metrics.events import to_dataframes
@@ -24,6 +26,7 @@ from runner_fs.storage import BaseStorage
 logger = logging.getLogger(__name__)
 
 RECONCILE_LOCK = "reconcile"
+LAST_RECONCILE_FILE = "last-reconcile.json"
 STATES = ("running", "finished", "released", "expired", "broken")
 Progress = Callable[[int, int], None]
 
@@ -56,6 +59,34 @@ def filesystem_state(
     if now - info.record.created > max_runner_age:
         return "expired"
     return "running"
+
+
+def list_filesystems(
+    manager: SharedFilesystemManager, max_runner_age: datetime.timedelta
+) -> list[dict[str, Any]]:
+    """Describe every filesystem as `list` shows it: sizes in bytes, `created` ISO 8601 UTC."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return [
+        {
+            "runner": info.runner,
+            "mounted": info.mounted,
+            "size": info.record.size if info.record else None,
+            "used": info.used,
+            "created": info.record.created.isoformat() if info.record else None,
+            "released": info.record.released if info.record else None,
+            "state": filesystem_state(info, now, max_runner_age),
+        }
+        for info in manager.list_info()
+    ]
+
+
+def last_pass(manager: SharedFilesystemManager) -> dict[str, Any] | None:
+    """Return when the last pass ended and its counts, or None before the first."""
+    try:
+        data = json.loads((manager.base_dir / LAST_RECONCILE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _exists(path: Path) -> bool:
@@ -114,6 +145,7 @@ class Reconciler:
                     progress(done, len(infos))
             if storage_ok:
                 self._apply_retention(now, result)
+            self._record(result)
         logger.info("reconcile: %s", result.as_dict())
         return result
 
@@ -160,6 +192,14 @@ class Reconciler:
             "harvested runner %s (%s): %d datapoints", name, state, points if stored else 0
         )
         return True
+
+    def _record(self, result: ReconcileResult) -> None:
+        """Keep when this pass ended and what it did, for status lines."""
+        path = self.manager.base_dir / LAST_RECONCILE_FILE
+        ended = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"ended": ended, **result.as_dict()}), encoding="utf-8")
+        os.replace(tmp, path)
 
     def _quarantine(self, name: str, result: ReconcileResult) -> None:
         try:

@@ -556,6 +556,18 @@ class SharedFilesystemManager:
         self._remove(name)
         return path
 
+    def unmount_all(self) -> int:
+        """Unmount every filesystem, keeping images and records (before a stop or removal).
+
+        Returns:
+            How many were unmounted.
+        """
+        names = sorted(host.mounts_under(self.mounts_dir))
+        for name in names:
+            with self._runner_lock(name, GetMetricsStorageError):
+                self._unmount(name)
+        return len(names)
+
     def _unmount(self, name: str) -> None:
         """Unmount a runner's filesystem and make sure no loop device still holds its image.
 
