@@ -80,7 +80,7 @@ def list_filesystems(
     ]
 
 
-def last_pass(manager: SharedFilesystemManager) -> dict[str, Any] | None:
+def last_reconcile(manager: SharedFilesystemManager) -> dict[str, Any] | None:
     """Return when the last pass ended and its counts, or None before the first."""
     try:
         data = json.loads((manager.base_dir / LAST_RECONCILE_FILE).read_text(encoding="utf-8"))

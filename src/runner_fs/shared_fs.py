@@ -400,6 +400,10 @@ class SharedFilesystemManager:
                     continue
             yield MetricsStorage(self.mounts_dir / name, name)
 
+    def runner_names(self) -> list[str]:
+        """Return the runners that have a filesystem, without mounting anything."""
+        return sorted(self._scan()[0])
+
     def list_info(self) -> list[FilesystemInfo]:
         """Describe every filesystem, broken ones included, mounting what can be mounted."""
         healthy = {storage.runner_name for storage in self.list_all()}

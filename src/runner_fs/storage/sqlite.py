@@ -141,6 +141,7 @@ class SQLiteStorage(BaseStorage):
             StorageError: the file cannot be opened or has a newer schema.
         """
         try:
+            self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -156,7 +157,7 @@ class SQLiteStorage(BaseStorage):
                     f"{self.path} has schema version {version}, newer than this runner-fs "
                     f"({SCHEMA_VERSION}); upgrade runner-fs"
                 )
-        except sqlite3.Error as exc:
+        except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"cannot open metrics database {self.path}: {exc}") from exc
 
     @contextlib.contextmanager

@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""The runner-fs machine charm: Juju events, config and actions over the `runner_fs` core."""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+from pathlib import Path
+
+import ops
+
+from charm_state import CharmState, InvalidConfigError
+from machine import Machine
+from runner_fs import archive, host
+from runner_fs.errors import RunnerFsError
+from runner_fs.reconcile import Reconciler, last_reconcile, list_filesystems
+from runner_fs.report import parse_instant, parse_list, report
+from runner_fs.shared_fs import SharedFilesystemManager
+from runner_fs.storage import BaseStorage, get_storage
+
+logger = logging.getLogger(__name__)
+
+HOST_ROOT = Path("/")  # where the machine's files live; tests point it at a directory
+
+
+class ReconcileEvent(ops.EventBase):
+    """Time to harvest finished runners (dispatched by the reconcile timer)."""
+
+
+class RunnerFsEvents(ops.CharmEvents):
+    """The standard events and `reconcile`."""
+
+    reconcile = ops.EventSource(ReconcileEvent)
+
+
+class RunnerFsCharm(ops.CharmBase):
+    """Per-runner loopback filesystems, harvested into metrics storage."""
+
+    on = RunnerFsEvents()
+
+    def __init__(self, framework: ops.Framework) -> None:
+        """Observe the events this charm handles."""
+        super().__init__(framework)
+        self.machine = Machine(HOST_ROOT)
+        for event in (self.on.install, self.on.config_changed, self.on.upgrade_charm):
+            framework.observe(event, self._on_converge)
+        framework.observe(self.on.start, self._on_start)
+        framework.observe(self.on.stop, self._on_stop)
+        framework.observe(self.on.remove, self._on_stop)
+        framework.observe(self.on.reconcile, self._on_reconcile)
+        framework.observe(self.on.list_action, self._on_list_action)
+        framework.observe(self.on.quarantine_action, self._on_quarantine_action)
+        framework.observe(self.on.reconcile_action, self._on_reconcile_action)
+        framework.observe(self.on.report_action, self._on_report_action)
+        framework.observe(self.on.collect_unit_status, self._on_collect_unit_status)
+
+    # -- state ---------------------------------------------------------------------------
+
+    def _state(self) -> CharmState:
+        return CharmState.from_config(self.config, self.unit.name, self.machine.base_dir)
+
+    @staticmethod
+    def _manager(state: CharmState) -> SharedFilesystemManager:
+        settings = state.host
+        return SharedFilesystemManager(
+            settings.base_dir, settings.filesystem_size, settings.owner, settings.flavor
+        )
+
+    @staticmethod
+    def _storage(state: CharmState) -> BaseStorage:
+        return get_storage(state.host.storage_backend, **state.host.backend_options())
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def _converge(self) -> CharmState | None:
+        """Render the host config, timer and wrapper; None when the config is invalid."""
+        try:
+            state = self._state()
+        except InvalidConfigError as exc:
+            logger.warning("not converging: %s", exc)
+            return None
+        self.machine.converge(state, self.unit.name, self.charm_dir)
+        return state
+
+    def _on_converge(self, event: ops.EventBase) -> None:
+        state = self._converge()
+        if state and isinstance(event, ops.UpgradeCharmEvent):
+            self._storage(state)  # init() upgrades the schema; no filesystem is unmounted
+
+    def _on_start(self, _: ops.StartEvent) -> None:
+        """Converge, then mount every filesystem again (a reboot unmounted them)."""
+        state = self._converge()
+        if state and host.LOOP_CONTROL.exists():
+            mounted = sum(1 for _ in self._manager(state).list_all())
+            logger.info("%d filesystems mounted", mounted)
+
+    def _on_stop(self, _: ops.EventBase) -> None:
+        """Remove the timer and wrapper; unmount filesystems, keeping their images."""
+        self.machine.remove()
+        try:
+            state = self._state()
+        except InvalidConfigError:
+            return
+        unmounted = self._manager(state).unmount_all()
+        logger.info("unmounted %d filesystems; images, archives and metrics are kept", unmounted)
+
+    def _on_reconcile(self, _: ReconcileEvent) -> None:
+        """Run one harvest pass (the timer's event)."""
+        try:
+            counts = self._run_reconcile()
+        except (InvalidConfigError, RunnerFsError) as exc:
+            logger.error("reconcile not run: %s", exc)
+            return
+        logger.info("reconcile: %s", counts)
+
+    def _run_reconcile(self, event: ops.ActionEvent | None = None) -> dict[str, int]:
+        state = self._state()
+        reconciler = Reconciler(
+            self._manager(state),
+            self._storage(state),
+            self.unit.name,
+            max_runner_age=state.host.max_age,
+            retention=state.host.retention,
+            rates=state.host.rate_table,
+        )
+
+        def progress(done: int, total: int) -> None:
+            if event and done * 10 // total != (done - 1) * 10 // total:
+                event.log(f"{done}/{total} filesystems")
+
+        return reconciler.run(progress).as_dict()
+
+    # -- actions -------------------------------------------------------------------------
+
+    def _on_list_action(self, event: ops.ActionEvent) -> None:
+        try:
+            state = self._state()
+        except InvalidConfigError as exc:
+            event.fail(str(exc))
+            return
+        rows = list_filesystems(self._manager(state), state.host.max_age)
+        counts = collections.Counter(row["state"] for row in rows)
+        event.set_results({"filesystems": json.dumps(rows), "counts": json.dumps(counts)})
+
+    def _on_quarantine_action(self, event: ops.ActionEvent) -> None:
+        try:
+            path = self._manager(self._state()).move_to_quarantine(event.params["runner"])
+        except (ValueError, RunnerFsError) as exc:
+            event.fail(str(exc))
+            return
+        event.set_results({"archive": str(path), "sha256": archive.sha256_of(path)})
+
+    def _on_reconcile_action(self, event: ops.ActionEvent) -> None:
+        try:
+            counts = self._run_reconcile(event)
+        except (InvalidConfigError, RunnerFsError) as exc:
+            event.fail(str(exc))
+            return
+        event.set_results(counts)
+
+    def _on_report_action(self, event: ops.ActionEvent) -> None:
+        params = event.params
+        try:
+            state = self._state()
+            begin = parse_instant(params["begin"], "begin") if params.get("begin") else None
+            end = parse_instant(params["end"], "end") if params.get("end") else None
+            result = report(
+                self._storage(state),
+                parse_list(params.get("groupby")),
+                begin,
+                end,
+                parse_list(params.get("metric-types")),
+            )
+        except (ValueError, RunnerFsError) as exc:
+            event.fail(str(exc))
+            return
+        event.set_results({"total": result["total"], "results": json.dumps(result["results"])})
+
+    # -- status --------------------------------------------------------------------------
+
+    def _on_collect_unit_status(self, event: ops.CollectStatusEvent) -> None:
+        try:
+            state = self._state()
+        except InvalidConfigError as exc:
+            event.add_status(ops.BlockedStatus(str(exc)))
+            return
+        if not host.LOOP_CONTROL.exists():
+            event.add_status(
+                ops.BlockedStatus(
+                    f"no loop devices here ({host.LOOP_CONTROL} is missing): deploy to a VM "
+                    "or a container given loop devices"
+                )
+            )
+            return
+        if state.host.storage_backend == "postgresql":
+            event.add_status(
+                ops.BlockedStatus(
+                    "storage-backend=postgresql is not available yet: set it to sqlite"
+                )
+            )
+            return
+        manager = self._manager(state)
+        filesystems = len(manager.runner_names())
+        quarantined = len(list(manager.quarantine_dir.glob("*.tar.gz")))
+        last = last_reconcile(manager)
+        when = last["ended"] if last else "not yet"
+        event.add_status(
+            ops.ActiveStatus(
+                f"{filesystems} filesystems, {quarantined} quarantined, last reconcile {when}"
+            )
+        )
+
+
+if __name__ == "__main__":  # pragma: nocover
+    ops.main(RunnerFsCharm)

@@ -1,0 +1,218 @@
+"""The charm with ops.testing: every event, action and status, on files under a test root."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import stat
+from pathlib import Path
+
+import pytest
+from ops import testing
+
+import charm
+import runner_fs
+from runner_fs import host
+from runner_fs.dataframe import DataFrame, DataPoint
+from runner_fs.storage import get_storage
+
+UNIT_NAME = "runner-fs/0"
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch):
+    """Return a machine root whose systemctl only records its arguments."""
+    monkeypatch.setattr(charm, "HOST_ROOT", tmp_path)
+    systemctl = tmp_path / "usr/bin/systemctl"
+    systemctl.parent.mkdir(parents=True)
+    systemctl.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/systemctl.log\n')
+    systemctl.chmod(0o755)
+    return tmp_path
+
+
+def systemctl_calls(root) -> list[str]:
+    log = root / "systemctl.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.fixture
+def ctx():
+    return testing.Context(charm.RunnerFsCharm, app_name="runner-fs", unit_id=0)
+
+
+VALID = {"filesystem-owner": "root:root"}
+
+
+def test_install_renders_config_timer_and_wrapper(ctx, root):
+    ctx.run(ctx.on.install(), testing.State(config={**VALID, "reconcile-interval": 7}))
+
+    settings = json.loads((root / "etc/runner-fs/config.yaml").read_text().split("\n", 1)[1])
+    assert settings["unit"] == UNIT_NAME
+    assert settings["base-dir"] == str(root / "var/lib/runner-fs")
+    assert stat.S_IMODE((root / "etc/runner-fs/config.yaml").stat().st_mode) == 0o600
+    timer = (root / "etc/systemd/system/runner-fs-reconcile.timer").read_text()
+    assert "OnUnitInactiveSec=7min" in timer
+    assert "RandomizedDelaySec=84s" in timer
+    service = (root / "etc/systemd/system/runner-fs-reconcile.service").read_text()
+    assert (
+        f'/usr/bin/timeout 420 /usr/bin/juju-exec {UNIT_NAME} "JUJU_DISPATCH_PATH=hooks/reconcile'
+        in service
+    )
+    wrapper = root / "usr/local/bin/runner-fs"
+    assert wrapper.stat().st_mode & 0o111
+    assert f'RUNNER_FS_CONFIG="{root}/etc/runner-fs/config.yaml"' in wrapper.read_text()
+    assert systemctl_calls(root) == ["daemon-reload", "enable --now runner-fs-reconcile.timer"]
+
+
+def test_converging_again_writes_nothing_and_reloads_nothing(ctx, root):
+    state = testing.State(config=VALID)
+    ctx.run(ctx.on.install(), state)
+    before = (root / "etc/runner-fs/config.yaml").stat().st_mtime_ns
+
+    ctx.run(ctx.on.config_changed(), state)
+    ctx.run(ctx.on.upgrade_charm(), state)
+
+    assert (root / "etc/runner-fs/config.yaml").stat().st_mtime_ns == before
+    assert len(systemctl_calls(root)) == 2
+
+
+def test_a_valid_config_is_active_with_counts(ctx, root):
+    out = ctx.run(ctx.on.config_changed(), testing.State(config=VALID))
+
+    assert out.unit_status == testing.ActiveStatus(
+        "0 filesystems, 0 quarantined, last reconcile not yet"
+    )
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("filesystem-size", "10T", "filesystem-size='10T'"),
+        ("filesystem-size", "64K", "filesystem-size='64K'"),
+        ("filesystem-size", "lots", "filesystem-size='lots'"),
+        ("reconcile-interval", 0, "reconcile-interval=0: must be minutes from 1 to 1440"),
+        ("reconcile-interval", 5000, "reconcile-interval=5000"),
+        ("max-runner-age", 0.0, "max-runner-age=0.0: Input should be greater than 0"),
+        ("max-runner-age", -3.0, "max-runner-age=-3.0"),
+        ("retention-period", 0.0, "retention-period=0.0"),
+        ("storage-backend", "influxdb", "storage-backend='influxdb'"),
+        ("filesystem-owner", "no-such-user", "filesystem-owner='no-such-user'"),
+        ("filesystem-owner", "root:no-such-group", "group 'no-such-group' does not exist"),
+        ("rates", "small=cheap", "rates='small=cheap': invalid rate"),
+    ],
+)
+def test_each_invalid_option_is_blocked_naming_it(ctx, root, option, value, message):
+    out = ctx.run(ctx.on.config_changed(), testing.State(config={**VALID, option: value}))
+
+    assert isinstance(out.unit_status, testing.BlockedStatus)
+    assert message in out.unit_status.message
+    assert not (root / "etc/runner-fs/config.yaml").exists()
+
+
+def test_postgresql_without_its_backend_is_blocked(ctx, root):
+    out = ctx.run(
+        ctx.on.config_changed(), testing.State(config={**VALID, "storage-backend": "postgresql"})
+    )
+
+    assert out.unit_status == testing.BlockedStatus(
+        "storage-backend=postgresql is not available yet: set it to sqlite"
+    )
+
+
+def test_no_loop_devices_is_blocked_saying_so(ctx, root, monkeypatch):
+    monkeypatch.setattr(host, "LOOP_CONTROL", root / "dev/loop-control")
+
+    out = ctx.run(ctx.on.start(), testing.State(config=VALID))
+
+    assert isinstance(out.unit_status, testing.BlockedStatus)
+    assert "no loop devices here" in out.unit_status.message
+
+
+def test_stop_removes_timer_and_wrapper_but_keeps_data(ctx, root):
+    state = testing.State(config=VALID)
+    ctx.run(ctx.on.install(), state)
+    (root / "var/lib/runner-fs/metrics.db").write_text("kept")
+
+    ctx.run(ctx.on.stop(), state)
+
+    assert not (root / "etc/systemd/system/runner-fs-reconcile.timer").exists()
+    assert not (root / "usr/local/bin/runner-fs").exists()
+    assert (root / "var/lib/runner-fs/metrics.db").read_text() == "kept"
+    assert systemctl_calls(root)[-2:] == [
+        "disable --now runner-fs-reconcile.timer",
+        "daemon-reload",
+    ]
+
+
+def test_list_action_returns_filesystems_and_counts(ctx, root):
+    ctx.run(ctx.on.action("list"), testing.State(config=VALID))
+
+    assert ctx.action_results == {"filesystems": "[]", "counts": "{}"}
+
+
+@pytest.mark.parametrize(
+    ("runner", "message"),
+    [("ghost", "runner ghost has no filesystem"), ("Bad/Name", "invalid runner name")],
+)
+def test_quarantine_action_fails_clearly(ctx, root, runner, message):
+    with pytest.raises(testing.ActionFailed, match=message):
+        ctx.run(
+            ctx.on.action("quarantine", params={"runner": runner}), testing.State(config=VALID)
+        )
+
+
+def test_reconcile_action_returns_the_counts_and_status_shows_it(ctx, root):
+    out = ctx.run(ctx.on.action("reconcile"), testing.State(config=VALID))
+
+    assert ctx.action_results == {
+        "harvested": 0, "quarantined": 0, "skipped": 0, "datapoints": 0, "errors": 0
+    }  # fmt: skip
+    assert "last reconcile 20" in out.unit_status.message
+
+
+def test_report_action_returns_rows(ctx, root):
+    storage = get_storage("sqlite", path=root / "var/lib/runner-fs/metrics.db")
+    frame = DataFrame(datetime.datetime(2026, 1, 5), datetime.datetime(2026, 1, 5, 1))
+    frame.add_point(
+        DataPoint("s", 3600, "0.008", {"repository": "o/r", "flavor": "small"}, {}), "runner.job"
+    )
+    storage.push([frame])
+    params = {"groupby": "repository,flavor", "begin": "2026-01-01", "end": "2026-02-01"}
+
+    ctx.run(ctx.on.action("report", params=params), testing.State(config=VALID))
+
+    assert ctx.action_results == {"total": 1, "results": json.dumps([
+        {"begin": "2026-01-01T00:00:00+00:00", "end": "2026-02-01T00:00:00+00:00",
+         "qty": 3600.0, "rate": 0.008, "repository": "o/r", "flavor": "small"}
+    ])}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"begin": "last week"}, "begin 'last week' is not ISO 8601: use 2026-11-01"),
+        ({"groupby": "time-q"}, "invalid time groupby 'time-q'"),
+        ({"begin": "2026-02-01", "end": "2026-01-01"}, "is before begin"),
+    ],
+)
+def test_report_action_refuses_bad_input_with_the_accepted_form(ctx, root, params, message):
+    with pytest.raises(testing.ActionFailed, match=message):
+        ctx.run(ctx.on.action("report", params=params), testing.State(config=VALID))
+
+
+def test_an_action_under_invalid_config_fails_naming_the_option(ctx, root):
+    with pytest.raises(testing.ActionFailed, match="rates="):
+        ctx.run(ctx.on.action("list"), testing.State(config={**VALID, "rates": "x"}))
+
+
+def test_the_core_imports_nothing_from_ops():
+    core = Path(runner_fs.__file__).parent
+
+    importing_ops = [
+        path.name
+        for path in core.rglob("*.py")
+        if re.search(r"^\s*(import|from) ops\b", path.read_text(), re.M)
+    ]
+
+    assert importing_ops == []
