@@ -207,7 +207,7 @@ class RunnerFsCharm(ops.CharmBase):
         when = last["ended"] if last else "not yet"
         event.add_status(
             ops.ActiveStatus(
-                f"{filesystems} filesystems, {quarantined} quarantined, last reconcile {when}"
+                f"filesystems: {filesystems}, quarantined: {quarantined}, last reconcile: {when}"
             )
         )
 

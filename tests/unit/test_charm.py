@@ -81,7 +81,7 @@ def test_a_valid_config_is_active_with_counts(ctx, root):
     out = ctx.run(ctx.on.config_changed(), testing.State(config=VALID))
 
     assert out.unit_status == testing.ActiveStatus(
-        "0 filesystems, 0 quarantined, last reconcile not yet"
+        "filesystems: 0, quarantined: 0, last reconcile: not yet"
     )
 
 
@@ -168,7 +168,7 @@ def test_reconcile_action_returns_the_counts_and_status_shows_it(ctx, root):
     assert ctx.action_results == {
         "harvested": 0, "quarantined": 0, "skipped": 0, "datapoints": 0, "errors": 0
     }  # fmt: skip
-    assert "last reconcile 20" in out.unit_status.message
+    assert "last reconcile: 20" in out.unit_status.message
 
 
 def test_report_action_returns_rows(ctx, root):
