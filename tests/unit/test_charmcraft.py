@@ -1,0 +1,96 @@
+"""charmcraft.yaml against charmcraft's own model and the design's contract; rendered units."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from charm_state import CharmState
+from machine import SERVICE, SYSTEMD_DIR, TIMER, Machine
+
+REPO = Path(__file__).resolve().parents[2]
+PROJECT = yaml.safe_load((REPO / "charmcraft.yaml").read_text())
+REQUIRED = os.environ.get("RUNNER_FS_REQUIRE_FUNCTIONAL") == "1"
+
+
+# charmcraft warns about its own deprecated `charmhub` default, which this project does not set
+@pytest.mark.filterwarnings("ignore:The 'charmhub' field is deprecated:DeprecationWarning")
+def test_charmcraft_accepts_the_project():
+    try:
+        from charmcraft.models.project import CharmcraftProject
+    except ImportError:
+        if REQUIRED:
+            raise
+        pytest.skip("charmcraft is not installed: pip install -e '.[charmcraft]'")
+
+    project = CharmcraftProject.unmarshal(PROJECT)
+
+    assert project.name == "runner-fs"
+    assert set(project.platforms) == {"ubuntu@24.04:amd64", "ubuntu@22.04:amd64"}
+
+
+def test_config_options_are_the_contract():
+    options = PROJECT["config"]["options"]
+
+    assert {name: (o["type"], o["default"]) for name, o in options.items()} == {
+        "filesystem-size": ("string", "1M"),
+        "reconcile-interval": ("int", 5),
+        "max-runner-age": ("float", 24),
+        "retention-period": ("float", 2400),
+        "flavor": ("string", ""),
+        "storage-backend": ("string", "sqlite"),
+        "filesystem-owner": ("string", "ubuntu:ubuntu"),
+        "rates": ("string", ""),
+    }
+
+
+def test_the_defaults_are_a_valid_config(tmp_path):
+    defaults = {name: o["default"] for name, o in PROJECT["config"]["options"].items()}
+    defaults["filesystem-owner"] = "root:root"  # this host may have no ubuntu user
+
+    state = CharmState.from_config(defaults, "runner-fs/0", tmp_path)
+
+    assert state.reconcile_interval == 5
+
+
+def test_actions_are_the_contract_and_refuse_unknown_params():
+    actions = PROJECT["actions"]
+
+    assert set(actions) == {"list", "quarantine", "reconcile", "report"}
+    assert all(action["additionalProperties"] is False for action in actions.values())
+    assert actions["quarantine"]["required"] == ["runner"]
+    assert set(actions["report"]["params"]) == {"groupby", "metric-types", "begin", "end"}
+
+
+def test_the_reference_page_is_generated_from_charmcraft_yaml():
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts/reference.py"), "--check"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
+def test_rendered_units_pass_systemd_analyze_verify(tmp_path):
+    systemctl = tmp_path / "usr/bin/systemctl"
+    systemctl.parent.mkdir(parents=True)
+    systemctl.write_text("#!/bin/sh\n")
+    systemctl.chmod(0o755)
+    machine = Machine(tmp_path)
+    state = CharmState.from_config({"filesystem-owner": "root"}, "runner-fs/0", machine.base_dir)
+    machine.converge(state, "runner-fs/0", tmp_path / "charm")
+    units = tmp_path / SYSTEMD_DIR.relative_to("/")
+
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(units / TIMER), str(units / SERVICE)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stdout + result.stderr
