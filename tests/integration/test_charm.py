@@ -16,6 +16,7 @@ if shutil.which("juju") is None or not os.environ.get("CHARM_PATH"):
     pytest.skip("needs juju and CHARM_PATH (a packed charm)", allow_module_level=True)
 
 APP = "runner-fs"
+POST_JOB = """{"timestamp": '$((now-30))', "status": "normal", "status_info": null}"""
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def test_a_finished_fake_runner_is_harvested(juju):
     path = juju.exec("runner-fs create fake-1", unit=unit).stdout.strip()
     juju.exec(
         f"now=$(date +%s); echo $((now-60)) > {path}/runner-installed.timestamp; "
-        f'echo \'{{"timestamp": \'$((now-30))\', "status": "normal"}}\' > {path}/post-job-metrics.json',
+        f"echo '{POST_JOB}' > {path}/post-job-metrics.json",
         unit=unit,
     )
 
