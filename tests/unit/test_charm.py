@@ -216,3 +216,27 @@ def test_the_core_imports_nothing_from_ops():
     ]
 
     assert importing_ops == []
+
+
+def test_start_converges_and_is_active(ctx, root):
+    out = ctx.run(ctx.on.start(), testing.State(config=VALID))
+
+    assert (root / "etc/systemd/system/runner-fs-reconcile.timer").exists()
+    assert isinstance(out.unit_status, testing.ActiveStatus)
+
+
+def test_upgrade_charm_initialises_the_storage_schema(ctx, root):
+    ctx.run(ctx.on.upgrade_charm(), testing.State(config=VALID))
+
+    assert (
+        get_storage("sqlite", path=root / "var/lib/runner-fs/metrics.db").retrieve()["total"] == 0
+    )
+
+
+def test_remove_takes_the_timer_away(ctx, root):
+    state = testing.State(config=VALID)
+    ctx.run(ctx.on.install(), state)
+
+    ctx.run(ctx.on.remove(), state)
+
+    assert not (root / "etc/systemd/system/runner-fs-reconcile.service").exists()
