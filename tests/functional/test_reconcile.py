@@ -258,7 +258,9 @@ def test_two_concurrent_passes_harvest_each_runner_once(manager, tmp_path):
     config = _config(tmp_path, manager.base_dir)
 
     passes = [_cli(config, "reconcile", "--json") for _ in range(2)]
-    outputs = [json.loads(p.communicate(timeout=120)[0]) for p in passes]
+    finished = [p.communicate(timeout=120) for p in passes]
+    assert [p.returncode for p in passes] == [0, 0], [err for _, err in finished]
+    outputs = [json.loads(out) for out, _ in finished]
 
     assert sum(out["harvested"] for out in outputs) == 30
     storage = get_storage("sqlite", path=tmp_path / "metrics.db")

@@ -19,6 +19,7 @@ import datetime
 import decimal
 import json
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from runner_fs.errors import StorageError
 from runner_fs.storage import BaseStorage
 
 SCHEMA_VERSION = 1
+BUSY_TIMEOUT = 30.0  # seconds to wait for another writer
 QTY_DIGITS, PRICE_DIGITS = 6, 9
 QTY_SCALE, PRICE_SCALE = 10**QTY_DIGITS, 10**PRICE_DIGITS
 _MAX_FIXED = 2**62
@@ -140,25 +142,35 @@ class SQLiteStorage(BaseStorage):
         Raises:
             StorageError: the file cannot be opened or has a newer schema.
         """
-        try:
-            self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        while True:
+            try:
+                self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                self._db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT)
+                self._create_schema(self._db)
+                return
+            except sqlite3.OperationalError as exc:
+                # Switching a new file to WAL fails at once, without waiting, while another
+                # process is creating it: retry until the timeout.
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise StorageError(f"cannot open metrics database {self.path}: {exc}") from exc
+                time.sleep(0.02)
+            except (OSError, sqlite3.Error) as exc:
+                raise StorageError(f"cannot open metrics database {self.path}: {exc}") from exc
+
+    def _create_schema(self, db: sqlite3.Connection) -> None:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)
+        db.execute(
+            "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+        )
+        (version,) = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if int(version) > SCHEMA_VERSION:
+            raise StorageError(
+                f"{self.path} has schema version {version}, newer than this runner-fs "
+                f"({SCHEMA_VERSION}); upgrade runner-fs"
             )
-            (version,) = self._db.execute(
-                "SELECT value FROM meta WHERE key = 'schema_version'"
-            ).fetchone()
-            if int(version) > SCHEMA_VERSION:
-                raise StorageError(
-                    f"{self.path} has schema version {version}, newer than this runner-fs "
-                    f"({SCHEMA_VERSION}); upgrade runner-fs"
-                )
-        except (OSError, sqlite3.Error) as exc:
-            raise StorageError(f"cannot open metrics database {self.path}: {exc}") from exc
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:

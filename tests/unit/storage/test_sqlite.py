@@ -7,6 +7,7 @@ import decimal
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -206,3 +207,23 @@ def test_the_suite_passes_in_a_non_utc_time_zone():
     )  # fmt: skip
 
     assert result.returncode == 0, result.stdout[-2000:]
+
+
+_OPEN_AT = """
+import sys, time
+from runner_fs.storage import get_storage
+while time.time() < float(sys.argv[2]):
+    pass
+get_storage("sqlite", path=sys.argv[1])
+"""
+
+
+def test_processes_creating_one_new_file_together_all_succeed(tmp_path):
+    for round_ in range(5):
+        path = tmp_path / f"new-{round_}.db"
+        argv = [sys.executable, "-c", _OPEN_AT, str(path), str(time.time() + 0.5)]
+        openers = [subprocess.Popen(argv, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+
+        errors = [p.communicate(timeout=60)[1] for p in openers]
+
+        assert [p.returncode for p in openers] == [0, 0, 0], errors
