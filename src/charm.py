@@ -14,10 +14,8 @@ from charm_state import CharmState, InvalidConfigError
 from machine import Machine
 from runner_fs import archive, host
 from runner_fs.errors import RunnerFsError
-from runner_fs.reconcile import Reconciler, last_reconcile, list_filesystems
+from runner_fs.reconcile import at_tenth, last_reconcile, list_filesystems
 from runner_fs.report import parse_instant, parse_list, report
-from runner_fs.shared_fs import SharedFilesystemManager
-from runner_fs.storage import BaseStorage, get_storage
 
 logger = logging.getLogger(__name__)
 
@@ -60,17 +58,6 @@ class RunnerFsCharm(ops.CharmBase):
     def _state(self) -> CharmState:
         return CharmState.from_config(self.config, self.unit.name, self.machine.base_dir)
 
-    @staticmethod
-    def _manager(state: CharmState) -> SharedFilesystemManager:
-        settings = state.host
-        return SharedFilesystemManager(
-            settings.base_dir, settings.filesystem_size, settings.owner, settings.flavor
-        )
-
-    @staticmethod
-    def _storage(state: CharmState) -> BaseStorage:
-        return get_storage(state.host.storage_backend, **state.host.backend_options())
-
     # -- lifecycle -----------------------------------------------------------------------
 
     def _converge(self) -> CharmState | None:
@@ -86,13 +73,13 @@ class RunnerFsCharm(ops.CharmBase):
     def _on_converge(self, event: ops.EventBase) -> None:
         state = self._converge()
         if state and isinstance(event, ops.UpgradeCharmEvent):
-            self._storage(state)  # init() upgrades the schema; no filesystem is unmounted
+            state.host.storage()  # init() upgrades the schema; no filesystem is unmounted
 
     def _on_start(self, _: ops.StartEvent) -> None:
         """Converge, then mount every filesystem again (a reboot unmounted them)."""
         state = self._converge()
         if state and host.LOOP_CONTROL.exists():
-            mounted = sum(1 for _ in self._manager(state).list_all())
+            mounted = sum(1 for _ in state.host.manager().list_all())
             logger.info("%d filesystems mounted", mounted)
 
     def _on_stop(self, _: ops.EventBase) -> None:
@@ -102,7 +89,7 @@ class RunnerFsCharm(ops.CharmBase):
             state = self._state()
         except InvalidConfigError:
             return
-        unmounted = self._manager(state).unmount_all()
+        unmounted = state.host.manager().unmount_all()
         logger.info("unmounted %d filesystems; images, archives and metrics are kept", unmounted)
 
     def _on_reconcile(self, _: ReconcileEvent) -> None:
@@ -115,18 +102,10 @@ class RunnerFsCharm(ops.CharmBase):
         logger.info("reconcile: %s", counts)
 
     def _run_reconcile(self, event: ops.ActionEvent | None = None) -> dict[str, int]:
-        state = self._state()
-        reconciler = Reconciler(
-            self._manager(state),
-            self._storage(state),
-            self.unit.name,
-            max_runner_age=state.host.max_age,
-            retention=state.host.retention,
-            rates=state.host.rate_table,
-        )
+        reconciler = self._state().host.reconciler()
 
         def progress(done: int, total: int) -> None:
-            if event and done * 10 // total != (done - 1) * 10 // total:
+            if event and at_tenth(done, total):
                 event.log(f"{done}/{total} filesystems")
 
         return reconciler.run(progress).as_dict()
@@ -139,13 +118,13 @@ class RunnerFsCharm(ops.CharmBase):
         except InvalidConfigError as exc:
             event.fail(str(exc))
             return
-        rows = list_filesystems(self._manager(state), state.host.max_age)
+        rows = list_filesystems(state.host.manager(), state.host.max_age)
         counts = collections.Counter(row["state"] for row in rows)
         event.set_results({"filesystems": json.dumps(rows), "counts": json.dumps(counts)})
 
     def _on_quarantine_action(self, event: ops.ActionEvent) -> None:
         try:
-            path = self._manager(self._state()).move_to_quarantine(event.params["runner"])
+            path = self._state().host.manager().move_to_quarantine(event.params["runner"])
         except (ValueError, RunnerFsError) as exc:
             event.fail(str(exc))
             return
@@ -166,7 +145,7 @@ class RunnerFsCharm(ops.CharmBase):
             begin = parse_instant(params["begin"], "begin") if params.get("begin") else None
             end = parse_instant(params["end"], "end") if params.get("end") else None
             result = report(
-                self._storage(state),
+                state.host.storage(),
                 parse_list(params.get("groupby")),
                 begin,
                 end,
@@ -200,7 +179,7 @@ class RunnerFsCharm(ops.CharmBase):
                 )
             )
             return
-        manager = self._manager(state)
+        manager = state.host.manager()
         filesystems = len(manager.runner_names())
         quarantined = len(list(manager.quarantine_dir.glob("*.tar.gz")))
         last = last_reconcile(manager)

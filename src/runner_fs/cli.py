@@ -18,23 +18,11 @@ from typing import Any
 from runner_fs import archive, demo
 from runner_fs.config import ConfigError, HostConfig, load_config
 from runner_fs.errors import RunnerFsError
-from runner_fs.reconcile import Progress, Reconciler, list_filesystems
+from runner_fs.reconcile import Progress, at_tenth, list_filesystems
 from runner_fs.report import ISO_EXAMPLE, parse_instant, parse_list, report
-from runner_fs.shared_fs import SharedFilesystemManager
-from runner_fs.storage import BaseStorage, get_storage
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 logger = logging.getLogger("runner_fs")
-
-
-def _manager(config: HostConfig) -> SharedFilesystemManager:
-    return SharedFilesystemManager(
-        config.base_dir, size=config.filesystem_size, owner=config.owner, flavor=config.flavor
-    )
-
-
-def _storage(config: HostConfig) -> BaseStorage:
-    return get_storage(config.storage_backend, **config.backend_options())
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -66,7 +54,7 @@ def progress_printer(label: str, stream: Any = None) -> Progress:
     else:
 
         def show(done: int, total: int) -> None:
-            if done * 10 // total != (done - 1) * 10 // total:  # each tenth, and the end
+            if at_tenth(done, total):
                 print(f"{label}: {done}/{total}", file=stream, flush=True)
 
     return show
@@ -76,18 +64,18 @@ def progress_printer(label: str, stream: Any = None) -> Progress:
 
 
 def _cmd_create(args: argparse.Namespace) -> tuple[Any, str]:
-    storage = _manager(args.config).create(args.name, **dict(args.label))
+    storage = args.config.manager().create(args.name, **dict(args.label))
     return {"runner": storage.runner_name, "path": str(storage.path)}, str(storage.path)
 
 
 def _cmd_get(args: argparse.Namespace) -> tuple[Any, str]:
-    storage = _manager(args.config).get(args.name)
+    storage = args.config.manager().get(args.name)
     return {"runner": storage.runner_name, "path": str(storage.path)}, str(storage.path)
 
 
 def _cmd_list(args: argparse.Namespace) -> tuple[Any, str]:
     config: HostConfig = args.config
-    rows = list_filesystems(_manager(config), config.max_age)
+    rows = list_filesystems(config.manager(), config.max_age)
     lines = [f"{'RUNNER':<32} {'STATE':<9} {'MOUNTED':<7} {'USED':>9} CREATED"]
     lines += [
         f"{r['runner']:<32} {r['state']:<9} {'yes' if r['mounted'] else 'no':<7} "
@@ -98,33 +86,25 @@ def _cmd_list(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def _cmd_release(args: argparse.Namespace) -> tuple[Any, str]:
-    released = _manager(args.config).release(args.name)
+    released = args.config.manager().release(args.name)
     text = f"released {args.name}" if released else f"{args.name} has no filesystem (harvested?)"
     return {"runner": args.name}, text
 
 
 def _cmd_delete(args: argparse.Namespace) -> tuple[Any, str]:
-    _manager(args.config).delete(args.name)
+    args.config.manager().delete(args.name)
     return {"runner": args.name}, f"deleted {args.name}"
 
 
 def _cmd_quarantine(args: argparse.Namespace) -> tuple[Any, str]:
-    path = _manager(args.config).move_to_quarantine(args.name)
+    path = args.config.manager().move_to_quarantine(args.name)
     digest = archive.sha256_of(path)
     return {"runner": args.name, "archive": str(path), "sha256": digest}, f"{path}  {digest}"
 
 
 def _cmd_reconcile(args: argparse.Namespace) -> tuple[Any, str]:
     config: HostConfig = args.config
-    reconciler = Reconciler(
-        _manager(config),
-        _storage(config),
-        config.unit,
-        max_runner_age=config.max_age,
-        retention=config.retention,
-        rates=config.rate_table,
-        lock_timeout=args.lock_timeout,
-    )
+    reconciler = config.reconciler(args.lock_timeout)
     counts = reconciler.run(progress_printer("reconcile")).as_dict()
     text = ", ".join(f"{key} {value}" for key, value in counts.items())
     if counts["errors"]:
@@ -133,7 +113,7 @@ def _cmd_reconcile(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def _cmd_report(args: argparse.Namespace) -> tuple[Any, str]:
-    result = report(_storage(args.config), args.groupby, args.begin, args.end, args.metric_types)
+    result = report(args.config.storage(), args.groupby, args.begin, args.end, args.metric_types)
     rows = result["results"]
     keys = [key for key in (rows[0] if rows else {}) if key not in ("begin", "end")]
     lines = ["  ".join(f"{key.upper():>14}" for key in keys)]

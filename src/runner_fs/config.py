@@ -14,7 +14,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from runner_fs.metrics.events import parse_rates
-from runner_fs.shared_fs import parse_size, resolve_owner
+from runner_fs.reconcile import Reconciler
+from runner_fs.shared_fs import SharedFilesystemManager, parse_size, resolve_owner
+from runner_fs.storage import BaseStorage, get_storage
 
 DEFAULT_PATH = Path("/etc/runner-fs/config.yaml")
 CONFIG_ENV = "RUNNER_FS_CONFIG"
@@ -100,6 +102,36 @@ class HostConfig(BaseModel):
         if self.storage_backend == "sqlite":
             options["path"] = self.base_dir / "metrics.db"
         return options | dict(self.storage_options)
+
+    def manager(self) -> SharedFilesystemManager:
+        """Return the filesystem manager these settings describe."""
+        return SharedFilesystemManager(
+            self.base_dir, self.filesystem_size, self.owner, self.flavor
+        )
+
+    def storage(self) -> BaseStorage:
+        """Open the configured storage backend (schema created if missing).
+
+        Raises:
+            StorageError: the backend is missing or cannot start.
+        """
+        return get_storage(self.storage_backend, **self.backend_options())
+
+    def reconciler(self, lock_timeout: float = 60.0) -> Reconciler:
+        """Return a reconcile pass over this host's filesystems into its storage.
+
+        Raises:
+            StorageError: the storage backend cannot start.
+        """
+        return Reconciler(
+            self.manager(),
+            self.storage(),
+            self.unit,
+            max_runner_age=self.max_age,
+            retention=self.retention,
+            rates=self.rate_table,
+            lock_timeout=lock_timeout,
+        )
 
 
 def load_config(path: Path | None = None) -> HostConfig:

@@ -27,7 +27,6 @@ logger = logging.getLogger(__name__)
 
 RECONCILE_LOCK = "reconcile"
 LAST_RECONCILE_FILE = "last-reconcile.json"
-STATES = ("running", "finished", "released", "expired", "broken")
 Progress = Callable[[int, int], None]
 
 
@@ -49,7 +48,7 @@ class ReconcileResult:
 def filesystem_state(
     info: FilesystemInfo, now: datetime.datetime, max_runner_age: datetime.timedelta
 ) -> str:
-    """Return one of STATES; anything but `running` is harvested (or, if broken, quarantined)."""
+    """Return running, finished, released, expired or broken; all but running are harvested."""
     if info.broken or info.record is None:
         return "broken"
     if _exists(info.path / POST_JOB_FILE):
@@ -59,6 +58,11 @@ def filesystem_state(
     if now - info.record.created > max_runner_age:
         return "expired"
     return "running"
+
+
+def at_tenth(done: int, total: int) -> bool:
+    """Whether `done` of `total` crosses a tenth of the way (the last step always does)."""
+    return done * 10 // total != (done - 1) * 10 // total
 
 
 def list_filesystems(

@@ -197,16 +197,15 @@ def test_a_storage_outage_keeps_every_filesystem_and_reports_once(manager, tmp_p
 
 def test_a_pushed_but_undeleted_filesystem_is_not_counted_twice(manager, storage, reconciler):
     write_runner(manager, "half", job=40)
-    record = manager.read_record("half")
-    first = Reconciler(manager, storage, UNIT)
-    frames_key = f"{UNIT}/half/{record.uuid}"
+    key = f"{UNIT}/half/{manager.read_record('half').uuid}"
     metrics = read_runner_metrics(manager.mount_point("half"))
-    assert storage.push_once(frames_key, to_dataframes(metrics, "half", UNIT, "small", {}))
+    assert storage.push_once(key, to_dataframes(metrics, "half", UNIT, "small", {}))
 
-    result = first.run()  # as if killed between the push and the delete
+    result = reconciler.run()  # as if the last pass was killed between the push and the delete
 
     assert (result.harvested, result.datapoints) == (1, 0)
     assert totals(storage) == ({"runner.installation": 10, "runner.idle": 20, "runner.job": 40}, 3)
+    assert not manager.runner_names()
 
 
 def test_a_second_pass_waits_then_names_the_holder(manager, storage):
