@@ -28,7 +28,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from runner_fs.dataframe import DataFrame, DataPoint
-from runner_fs.storage.sqlite import PRICE_SCALE, QTY_SCALE, SQLiteStorage, to_utc_us
+from runner_fs.storage.sql import PRICE_SCALE, QTY_SCALE, to_utc_us
+from runner_fs.storage.sqlite import SQLiteStorage
 
 UTC = datetime.timezone.utc
 T0 = datetime.datetime(2026, 6, 1, tzinfo=UTC)

@@ -77,6 +77,9 @@ class BaseStorage(abc.ABC):
     ) -> None:
         """Delete the points starting in [begin, end) that match the filters; None is open."""
 
+    def close(self) -> None:  # noqa: B027 (most backends hold nothing to close)
+        """Release connections; the backend may be used again after `init()`."""
+
     def get_retention(self) -> datetime.timedelta:
         """Return how long datapoints are kept."""
         return datetime.timedelta(hours=self.retention_period)

@@ -1,7 +1,7 @@
 """CloudKitty v2 storage drivers that delegate to runner-fs backends.
 
 Import this module only where CloudKitty is installed: CloudKitty's loader does, through the
-`cloudkitty.storage.v2.backends` entry point `runner_fs_sqlite`.
+`cloudkitty.storage.v2.backends` entry points `runner_fs_sqlite` and `runner_fs_postgresql`.
 Settings come from the oslo.config group `[storage_runner_fs]`.
 """
 
@@ -23,6 +23,11 @@ cfg.CONF.register_opts(
             "sqlite_path",
             default="/var/lib/cloudkitty/runner-fs.db",
             help="SQLite file of the runner_fs_sqlite backend; a new file is an empty store.",
+        ),
+        cfg.StrOpt(
+            "postgresql_dsn",
+            secret=True,
+            help="libpq connection string or URI of the runner_fs_postgresql backend's database.",
         ),
     ],
     CONFIG_GROUP,
@@ -84,3 +89,12 @@ class SQLiteStorage(_Delegating):
 
     def _options(self) -> dict[str, Any]:
         return {"path": cfg.CONF[CONFIG_GROUP].sqlite_path}
+
+
+class PostgreSQLStorage(_Delegating):
+    """`runner_fs_postgresql`: the fleet's PostgreSQL database, from `postgresql_dsn`."""
+
+    backend_name = "postgresql"
+
+    def _options(self) -> dict[str, Any]:
+        return {"dsn": cfg.CONF[CONFIG_GROUP].postgresql_dsn or ""}

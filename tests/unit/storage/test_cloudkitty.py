@@ -35,14 +35,21 @@ def _frame(start, project, qty, price, metric_type="instance"):
     return frame
 
 
-@pytest.fixture
-def backend(tmp_path):
-    """Load `runner_fs_sqlite` the way CloudKitty does, on an empty file."""
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request, tmp_path):
+    """Load `runner_fs_<backend>` the way CloudKitty does, on an empty store."""
     import runner_fs.storage.cloudkitty  # noqa: F401 (registers [storage_runner_fs])
 
-    cfg.CONF.set_override("sqlite_path", str(tmp_path / "ck.db"), "storage_runner_fs")
-    yield ck_storage.get_storage(backend="runner_fs_sqlite", version=2)
-    cfg.CONF.clear_override("sqlite_path", "storage_runner_fs")
+    option, value = (
+        ("sqlite_path", str(tmp_path / "ck.db"))
+        if request.param == "sqlite"
+        else ("postgresql_dsn", request.getfixturevalue("postgres_dsn"))
+    )
+    cfg.CONF.set_override(option, value, "storage_runner_fs")
+    loaded = ck_storage.get_storage(backend=f"runner_fs_{request.param}", version=2)
+    yield loaded
+    loaded.backend.close()
+    cfg.CONF.clear_override(option, "storage_runner_fs")
 
 
 def test_cloudkitty_loader_builds_a_cloudkitty_backend(backend):

@@ -1,9 +1,11 @@
-"""Properties of the SQLite backend over generated data, and exact sums at scale."""
+"""Properties of every backend over generated data, and exact sums at scale."""
 
 from __future__ import annotations
 
 import datetime
 import decimal
+import itertools
+import os
 from collections import Counter
 
 import pytest
@@ -28,12 +30,36 @@ points = st.tuples(
     labels,
 )
 zones = st.sampled_from([UTC, datetime.timezone(datetime.timedelta(hours=5, minutes=30))])
-relaxed = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+relaxed = settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+_fresh = itertools.count()
 
 
-def _stored(factory, generated):
-    """Push the generated points into a fresh database file and return the storage."""
-    storage = get_storage("sqlite", path=factory.mktemp("prop") / "metrics.db")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def new_storage(request, tmp_path_factory):
+    """Return a function that opens a new, empty store of one backend; close them after."""
+    opened = []
+
+    def new():
+        if request.param == "sqlite":
+            options = {"path": tmp_path_factory.mktemp("prop") / "metrics.db"}
+        else:
+            server = request.getfixturevalue("postgres_server")
+            options = {"dsn": server.create_database(f"prop_{os.getpid()}_{next(_fresh)}")}
+        opened.append(get_storage(request.param, **options))
+        return opened[-1]
+
+    yield new
+    for storage in opened:
+        storage.close()
+
+
+def _stored(new_storage, generated):
+    """Push the generated points into a new store and return it."""
+    storage = new_storage()
     frames = []
     for hour, type_, qty, price, label in generated:
         frame = DataFrame(T0 + hour * HOUR, T0 + (hour + 1) * HOUR)
@@ -45,8 +71,8 @@ def _stored(factory, generated):
 
 @relaxed
 @given(st.lists(points, max_size=60))
-def test_total_is_the_exact_decimal_sum(tmp_path_factory, generated):
-    storage = _stored(tmp_path_factory, generated)
+def test_total_is_the_exact_decimal_sum(new_storage, generated):
+    storage = _stored(new_storage, generated)
 
     (row,) = storage.total(begin=T0, end=T0 + 72 * HOUR)["results"]
 
@@ -56,8 +82,8 @@ def test_total_is_the_exact_decimal_sum(tmp_path_factory, generated):
 
 @relaxed
 @given(st.lists(points, max_size=60), st.integers(1, 7))
-def test_pages_concatenate_to_the_unpaginated_answer(tmp_path_factory, generated, limit):
-    storage = _stored(tmp_path_factory, generated)
+def test_pages_concatenate_to_the_unpaginated_answer(new_storage, generated, limit):
+    storage = _stored(new_storage, generated)
     window = {"groupby": ["label", "type", "time"], "begin": T0, "end": T0 + 72 * HOUR}
 
     whole = storage.total(**window, paginate=False)
@@ -77,8 +103,8 @@ def test_pages_concatenate_to_the_unpaginated_answer(tmp_path_factory, generated
 
 @relaxed
 @given(st.lists(points, min_size=1, max_size=30))
-def test_points_round_trip_with_their_values_and_types(tmp_path_factory, generated):
-    storage = _stored(tmp_path_factory, generated)
+def test_points_round_trip_with_their_values_and_types(new_storage, generated):
+    storage = _stored(new_storage, generated)
 
     frames = storage.retrieve(T0, T0 + 72 * HOUR, paginate=False)["dataframes"]
 
@@ -93,9 +119,9 @@ def test_points_round_trip_with_their_values_and_types(tmp_path_factory, generat
 @relaxed
 @given(st.lists(points, max_size=40), st.integers(0, 72), st.integers(0, 72), zones)
 def test_a_point_counts_when_its_start_is_in_the_half_open_window(
-    tmp_path_factory, generated, a, b, zone
+    new_storage, generated, a, b, zone
 ):
-    storage = _stored(tmp_path_factory, generated)
+    storage = _stored(new_storage, generated)
     begin, end = (T0 + a * HOUR).astimezone(zone), (T0 + b * HOUR).astimezone(zone)
 
     counted = storage.retrieve(begin, end, paginate=False)["total"]
@@ -104,8 +130,8 @@ def test_a_point_counts_when_its_start_is_in_the_half_open_window(
 
 
 @pytest.mark.slow
-def test_one_million_prices_sum_to_the_cent(tmp_path):
-    storage = get_storage("sqlite", path=tmp_path / "metrics.db")
+def test_one_million_prices_sum_to_the_cent(new_storage):
+    storage = new_storage()
     expected = decimal.Decimal(0)
     for batch in range(100):
         frames = []

@@ -1,0 +1,171 @@
+"""The PostgreSQL backend: the shared schema (`runner_fs.storage.sql`) for a whole fleet.
+
+Groupby and metadata are `jsonb`; every unit pushes into the same tables, and its points carry
+groupby `unit`, so totals group and filter by it. Points arrive by COPY. The schema is
+versioned in `meta`: `init()` applies the missing steps under an advisory lock, so units
+starting together never race. The view `points_readable` shows instants as `timestamptz` and
+quantities as `numeric` for people querying by hand.
+
+A lost connection is reported as StorageError; the next call connects again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import psycopg
+from psycopg import conninfo
+
+from runner_fs.errors import StorageError
+from runner_fs.storage.sql import COLUMNS, SQLStorage
+
+CONNECT_TIMEOUT = 10  # seconds
+_LOCK_ID = 0x72756E6E  # the advisory lock that serialises schema changes across units
+_MIGRATIONS = (
+    # version 1
+    """
+    CREATE TABLE points (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        begin_us bigint NOT NULL,
+        end_us bigint NOT NULL,
+        type text NOT NULL,
+        unit text NOT NULL,
+        qty_micro bigint NOT NULL,
+        price_nano bigint NOT NULL,
+        groupby jsonb NOT NULL,
+        metadata jsonb NOT NULL,
+        description text
+    );
+    CREATE INDEX points_begin ON points (begin_us);
+    CREATE TABLE ledger (key text PRIMARY KEY, stored_us bigint NOT NULL, points integer NOT NULL);
+    CREATE VIEW points_readable AS SELECT
+        id, to_timestamp(begin_us / 1e6) AS begin, to_timestamp(end_us / 1e6) AS "end", type,
+        groupby ->> 'unit' AS juju_unit, unit, qty_micro / 1e6 AS qty, price_nano / 1e9 AS price,
+        groupby, metadata, description
+        FROM points;
+    """,
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+# Calendar attributes when a point does not carry them (the collector's formulas), as text.
+_START = "(to_timestamp(p.begin_us / 1000000) AT TIME ZONE 'UTC')"
+_DAY = f"extract(doy FROM {_START})::int"
+_COMPUTED = {
+    "day_of_the_year": f"{_DAY}::text",
+    "week_of_the_year": f"lpad((({_DAY} - 1 + 7 - extract(dow FROM {_START})::int) / 7)::text,"
+    " 2, '0')",
+    "month": f"extract(month FROM {_START})::int::text",
+    "year": f"to_char({_START}, 'YYYY')",
+}
+
+
+class PostgreSQLStorage(SQLStorage):
+    """Metrics of many units in one PostgreSQL database."""
+
+    MARK = "%s"
+    ERRORS = (psycopg.Error,)
+
+    def __init__(self, *, dsn: str = "", **options: Any) -> None:
+        """Point at a database; nothing is opened until `init()`.
+
+        Args:
+            dsn: a libpq connection string or URI; its password never appears in messages.
+            options: `retention_period` (hours); others are ignored.
+
+        Raises:
+            StorageError: the DSN is not a valid connection string.
+        """
+        super().__init__(**options)
+        try:
+            parts = conninfo.conninfo_to_dict(dsn)
+        except psycopg.ProgrammingError:
+            raise StorageError(
+                "postgresql option dsn is not a valid connection string: give a URI"
+                " (postgresql://user:password@host:5432/dbname) or key=value pairs"
+            ) from None
+        self.dsn = dsn
+        self._location = "postgresql://{}@{}:{}/{}".format(
+            parts.get("user", ""), parts.get("host", ""), parts.get("port", 5432),
+            parts.get("dbname", ""),
+        )  # fmt: skip
+        self._connection: psycopg.Connection | None = None
+
+    @property
+    def location(self) -> str:
+        """Name the database without its password."""
+        return self._location
+
+    @property
+    def db(self) -> psycopg.Connection:
+        """Return an open connection, connecting again if the last one was lost.
+
+        Raises:
+            psycopg.OperationalError: the server cannot be reached or refuses the login.
+        """
+        if self._connection is None or self._connection.closed or self._connection.broken:
+            self._connection = psycopg.connect(
+                self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                application_name="runner-fs",
+            )  # fmt: skip
+        return self._connection
+
+    def init(self) -> None:
+        """Connect, and create or upgrade the schema under an advisory lock; idempotent.
+
+        Raises:
+            StorageError: the server cannot be reached, or has a newer schema.
+        """
+        with self._reporting("cannot initialise"), self._transaction():
+            self._execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
+            self._execute("CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text)")
+            row = self._execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise StorageError(
+                    f"{self.location} has schema version {version}, newer than this runner-fs "
+                    f"({SCHEMA_VERSION}); upgrade runner-fs"
+                )
+            for step in _MIGRATIONS[version:]:
+                self._execute(step)
+            self._execute(
+                "INSERT INTO meta VALUES ('schema_version', %s)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
+
+    def close(self) -> None:
+        """Close the connection; the next call connects again."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        with self.db.transaction():
+            yield
+
+    def _execute(self, sql: str, args: Iterable[Any] = ()) -> psycopg.Cursor:
+        return self.db.execute(sql, tuple(args))
+
+    def _decode(self, stored: dict) -> dict:
+        return stored  # psycopg decodes jsonb
+
+    def _insert(self, rows: list[tuple]) -> None:
+        with (
+            self.db.cursor() as cursor,
+            cursor.copy(f"COPY points ({COLUMNS}) FROM STDIN") as copy,
+        ):
+            for row in rows:
+                copy.write_row(row)
+
+    def _filter_value(self, key: str) -> tuple[str, list]:
+        return (
+            "(CASE WHEN p.groupby ? %s THEN p.groupby ->> %s ELSE p.metadata ->> %s END)",
+            [key, key, key],
+        )
+
+    def _group_value(self, key: str) -> tuple[str, list]:
+        if key in _COMPUTED:
+            return f"COALESCE(p.groupby -> %s, to_jsonb({_COMPUTED[key]}))", [key]
+        return "p.groupby -> %s", [key]
