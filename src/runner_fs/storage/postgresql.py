@@ -104,10 +104,14 @@ class PostgreSQLStorage(SQLStorage):
             psycopg.OperationalError: the server cannot be reached or refuses the login.
         """
         if self._connection is None or self._connection.closed or self._connection.broken:
-            self._connection = psycopg.connect(
+            connection = psycopg.connect(
                 self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
                 application_name="runner-fs",
             )  # fmt: skip
+            # A harvested filesystem is deleted once its commit returns: the commit must be
+            # durable even where the server defaults to synchronous_commit=off.
+            connection.execute("SET synchronous_commit = on")
+            self._connection = connection
         return self._connection
 
     def init(self) -> None:
