@@ -155,7 +155,7 @@ class PostgreSQLStorage(SQLStorage):
     def _decode(self, stored: dict) -> dict:
         return stored  # psycopg decodes jsonb
 
-    def _insert(self, rows: list[tuple]) -> None:
+    def _insert(self, rows: Iterable[tuple]) -> None:
         with (
             self.db.cursor() as cursor,
             cursor.copy(f"COPY points ({COLUMNS}) FROM STDIN") as copy,

@@ -120,7 +120,7 @@ class SQLStorage(BaseStorage):
         """Return a stored groupby or metadata as a dict."""
 
     @abc.abstractmethod
-    def _insert(self, rows: list[tuple]) -> None:
+    def _insert(self, rows: Iterable[tuple]) -> None:
         """Insert rows of `COLUMNS` into points, inside the current transaction."""
 
     @abc.abstractmethod
@@ -173,6 +173,31 @@ class SQLStorage(BaseStorage):
             if not claimed:
                 return False
             self._insert(rows)
+        return True
+
+    def copy_once(self, key: str, points: Iterable[tuple], ledger: Iterable[tuple]) -> bool:
+        """Store rows of `COLUMNS` and of the ledger from another store, once for `key`.
+
+        Ledger keys already here are kept as they are.
+
+        Returns:
+            True if stored now, False if `key` was already there (nothing stored).
+
+        Raises:
+            StorageError: the database failed (nothing stored).
+        """
+        now = to_utc_us(datetime.datetime.now(_UTC))
+        mark = self.MARK
+        claim = (
+            f"INSERT INTO ledger (key, stored_us, points) VALUES ({mark}, {mark}, {mark})"
+            " ON CONFLICT (key) DO NOTHING RETURNING key"
+        )
+        with self._reporting("copy into"), self._transaction():
+            if not self._execute(claim, (key, now, 0)).fetchall():
+                return False
+            self._insert(points)
+            for row in ledger:
+                self._execute(claim, row)
         return True
 
     def delete(

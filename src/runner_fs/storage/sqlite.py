@@ -11,6 +11,7 @@ import contextlib
 import json
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,7 @@ class SQLiteStorage(SQLStorage):
         db.execute(
             "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
         )
+        db.execute("INSERT OR IGNORE INTO meta VALUES ('store_id', ?)", (uuid.uuid4().hex,))
         (version,) = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if int(version) > SCHEMA_VERSION:
             raise StorageError(
@@ -147,7 +149,35 @@ class SQLiteStorage(SQLStorage):
         decoded: dict = json.loads(stored)
         return decoded
 
-    def _insert(self, rows: list[tuple]) -> None:
+    @property
+    def store_id(self) -> str:
+        """Return this file's random identity, kept for its lifetime."""
+        (value,) = self.db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
+        return str(value)
+
+    def move_into(self, target: SQLStorage) -> bool:
+        """Copy every point and ledger key into `target` once, then set this file aside.
+
+        The copy is keyed by this file's identity in the target's ledger, so a crash after the
+        copy and before the file is renamed `<name>.moved-<id>` never copies twice.
+
+        Returns:
+            True if copied now, False if `target` already had this file's data.
+
+        Raises:
+            StorageError: either database failed; this file is then kept where it was.
+        """
+        store_id = self.store_id
+        points = self.db.execute(f"SELECT {COLUMNS} FROM points ORDER BY id")
+        ledger = self.db.execute("SELECT key, stored_us, points FROM ledger").fetchall()
+        copied = target.copy_once(f"sqlite-store/{store_id}", points, ledger)
+        self.close()
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                Path(f"{self.path}{suffix}").rename(f"{self.path}.moved-{store_id}{suffix}")
+        return copied
+
+    def _insert(self, rows: Iterable[tuple]) -> None:
         self.db.executemany(
             f"INSERT INTO points ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
         )
