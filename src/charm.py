@@ -11,8 +11,10 @@ from pathlib import Path
 import ops
 
 from charm_state import CharmState, InvalidConfigError
+from database import DatabaseRequirer
 from machine import Machine
 from runner_fs import archive, host
+from runner_fs.config import ConfigError, load_config
 from runner_fs.errors import RunnerFsError
 from runner_fs.reconcile import at_tenth, last_reconcile, list_filesystems
 from runner_fs.report import parse_instant, parse_list, report
@@ -41,7 +43,12 @@ class RunnerFsCharm(ops.CharmBase):
         """Observe the events this charm handles."""
         super().__init__(framework)
         self.machine = Machine(HOST_ROOT)
-        for event in (self.on.install, self.on.config_changed, self.on.upgrade_charm):
+        self.database = DatabaseRequirer(self)
+        database = self.on[self.database.relation_name]
+        for event in (
+            self.on.install, self.on.config_changed, self.on.upgrade_charm, self.on.secret_changed,
+            database.relation_changed, database.relation_broken,
+        ):  # fmt: skip
             framework.observe(event, self._on_converge)
         framework.observe(self.on.start, self._on_start)
         framework.observe(self.on.stop, self._on_stop)
@@ -55,25 +62,37 @@ class RunnerFsCharm(ops.CharmBase):
 
     # -- state ---------------------------------------------------------------------------
 
-    def _state(self) -> CharmState:
-        return CharmState.from_config(self.config, self.unit.name, self.machine.base_dir)
+    def _state(self, use_database: bool = True) -> CharmState:
+        dsn = self.database.dsn() if use_database else None
+        return CharmState.from_config(self.config, self.unit.name, self.machine.base_dir, dsn)
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def _converge(self) -> CharmState | None:
-        """Render the host config, timer and wrapper; None when the config is invalid."""
+        """Render the host config, timer and wrapper; None when the config is invalid.
+
+        Before harvests switch to PostgreSQL, the local SQLite store is moved into it; while
+        that fails, harvests go on into the local file and the next event tries again.
+        """
         try:
             state = self._state()
         except InvalidConfigError as exc:
             logger.warning("not converging: %s", exc)
             return None
+        if state.host.storage_backend == "postgresql":
+            try:
+                if state.host.move_local_store():
+                    logger.info("local metrics copied into PostgreSQL")
+            except RunnerFsError as exc:
+                logger.error("metrics stay local for now: %s", exc)
+                state = self._state(use_database=False)
         self.machine.converge(state, self.unit.name, self.charm_dir)
         return state
 
     def _on_converge(self, event: ops.EventBase) -> None:
         state = self._converge()
         if state and isinstance(event, ops.UpgradeCharmEvent):
-            state.host.storage()  # init() upgrades the schema; no filesystem is unmounted
+            state.host.storage().close()  # init() upgrades the schema; nothing is unmounted
 
     def _on_start(self, _: ops.StartEvent) -> None:
         """Converge, then mount every filesystem again (a reboot unmounted them)."""
@@ -93,7 +112,8 @@ class RunnerFsCharm(ops.CharmBase):
         logger.info("unmounted %d filesystems; images, archives and metrics are kept", unmounted)
 
     def _on_reconcile(self, _: ReconcileEvent) -> None:
-        """Run one harvest pass (the timer's event)."""
+        """Converge (a pending move into PostgreSQL is retried), then run one harvest pass."""
+        self._converge()
         try:
             counts = self._run_reconcile()
         except (InvalidConfigError, RunnerFsError) as exc:
@@ -108,7 +128,8 @@ class RunnerFsCharm(ops.CharmBase):
             if event and at_tenth(done, total):
                 event.log(f"{done}/{total} filesystems")
 
-        return reconciler.run(progress).as_dict()
+        with reconciler.storage:
+            return reconciler.run(progress).as_dict()
 
     # -- actions -------------------------------------------------------------------------
 
@@ -144,13 +165,11 @@ class RunnerFsCharm(ops.CharmBase):
             state = self._state()
             begin = parse_instant(params["begin"], "begin") if params.get("begin") else None
             end = parse_instant(params["end"], "end") if params.get("end") else None
-            result = report(
-                state.host.storage(),
-                parse_list(params.get("groupby")),
-                begin,
-                end,
-                parse_list(params.get("metric-types")),
-            )
+            with state.host.storage() as storage:
+                result = report(
+                    storage, parse_list(params.get("groupby")), begin, end,
+                    parse_list(params.get("metric-types")),
+                )  # fmt: skip
         except (ValueError, RunnerFsError) as exc:
             event.fail(str(exc))
             return
@@ -172,13 +191,11 @@ class RunnerFsCharm(ops.CharmBase):
                 )
             )
             return
-        if state.host.storage_backend == "postgresql":
-            event.add_status(
-                ops.BlockedStatus(
-                    "storage-backend=postgresql is not available yet: set it to sqlite"
-                )
-            )
-            return
+        if self.config.get("storage-backend") == "postgresql":
+            waiting = self._database_status()
+            if waiting:
+                event.add_status(waiting)
+                return
         manager = state.host.manager()
         filesystems = len(manager.runner_names())
         quarantined = len(list(manager.quarantine_dir.glob("*.tar.gz")))
@@ -189,6 +206,25 @@ class RunnerFsCharm(ops.CharmBase):
                 f"filesystems: {filesystems}, quarantined: {quarantined}, last reconcile: {when}"
             )
         )
+
+    def _database_status(self) -> ops.StatusBase | None:
+        """Say what storage-backend=postgresql still waits for; None once it is in use."""
+        if self.database.relation is None:
+            return ops.BlockedStatus(
+                "integrate with a postgresql charm: juju integrate runner-fs postgresql"
+            )
+        if self.database.dsn() is None:
+            return ops.WaitingStatus("waiting for database credentials from postgresql")
+        try:
+            rendered = load_config(self.machine.config_path).storage_backend
+        except ConfigError:
+            rendered = None
+        if rendered != "postgresql":
+            return ops.WaitingStatus(
+                "postgresql unreachable: harvests go to the local file until it answers"
+                " (see juju debug-log)"
+            )
+        return None
 
 
 if __name__ == "__main__":  # pragma: nocover

@@ -31,8 +31,17 @@ class CharmState:
     reconcile_interval: int
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], unit_name: str, base_dir: Path) -> CharmState:
+    def from_config(
+        cls,
+        config: Mapping[str, Any],
+        unit_name: str,
+        base_dir: Path,
+        database_dsn: str | None = None,
+    ) -> CharmState:
         """Validate the charm's options; `unit_name` and `base_dir` come from the machine.
+
+        With `storage-backend=postgresql` but no `database_dsn` from the relation yet, harvests
+        go on into the local SQLite file (moved into PostgreSQL once it is reachable).
 
         Raises:
             InvalidConfigError: an option is invalid (named in the message with the fix).
@@ -43,6 +52,11 @@ class CharmState:
                 f"reconcile-interval={interval!r}: must be minutes from 1 to {MAX_INTERVAL}"
             )
         options = {key: value for key, value in config.items() if key != "reconcile-interval"}
+        if options.get("storage-backend") == "postgresql":
+            if database_dsn:
+                options["storage-options"] = {"dsn": database_dsn}
+            else:
+                options["storage-backend"] = "sqlite"
         try:
             host = HostConfig.model_validate({**options, "unit": unit_name, "base-dir": base_dir})
         except ValidationError as exc:

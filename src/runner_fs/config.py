@@ -13,10 +13,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from runner_fs.errors import StorageError
 from runner_fs.metrics.events import parse_rates
-from runner_fs.reconcile import Reconciler
+from runner_fs.reconcile import RECONCILE_LOCK, Reconciler
 from runner_fs.shared_fs import SharedFilesystemManager, parse_size, resolve_owner
 from runner_fs.storage import BaseStorage, get_storage
+from runner_fs.storage.sql import SQLStorage
+from runner_fs.storage.sqlite import SQLiteStorage
 
 DEFAULT_PATH = Path("/etc/runner-fs/config.yaml")
 CONFIG_ENV = "RUNNER_FS_CONFIG"
@@ -96,12 +99,38 @@ class HostConfig(BaseModel):
         """`retention-period` as a duration."""
         return datetime.timedelta(hours=self.retention_period)
 
+    @property
+    def local_store(self) -> Path:
+        """The SQLite file of the `sqlite` backend, unless `storage-options` names another."""
+        return Path(self.storage_options.get("path", self.base_dir / "metrics.db"))
+
     def backend_options(self) -> dict[str, Any]:
-        """Options for `get_storage`: SQLite's `path` defaults to `<base-dir>/metrics.db`."""
+        """Options for `get_storage`: SQLite's `path` is `local_store`."""
         options: dict[str, Any] = {"retention_period": self.retention_period}
         if self.storage_backend == "sqlite":
-            options["path"] = self.base_dir / "metrics.db"
+            options["path"] = self.local_store
         return options | dict(self.storage_options)
+
+    def move_local_store(self, lock_timeout: float = 60.0) -> bool | None:
+        """Copy the local SQLite store into a remote backend once, between reconcile passes.
+
+        Returns:
+            None if there is nothing to move, else whether the copy was made now (False: the
+            remote store already had it).
+
+        Raises:
+            StorageError: either store failed; the local file is kept.
+            LockTimeoutError: a reconcile pass held the lock for the whole wait.
+        """
+        local = self.local_store
+        if self.storage_backend == "sqlite" or not local.exists():
+            return None
+        with self.storage() as target, self.manager().lock(RECONCILE_LOCK, lock_timeout):
+            if not isinstance(target, SQLStorage):
+                raise StorageError(f"cannot copy the local store into {self.storage_backend}")
+            source = SQLiteStorage(path=local)
+            source.init()
+            return source.move_into(target)
 
     def manager(self) -> SharedFilesystemManager:
         """Return the filesystem manager these settings describe."""

@@ -110,16 +110,6 @@ def test_each_invalid_option_is_blocked_naming_it(ctx, root, option, value, mess
     assert not (root / "etc/runner-fs/config.yaml").exists()
 
 
-def test_postgresql_without_its_backend_is_blocked(ctx, root):
-    out = ctx.run(
-        ctx.on.config_changed(), testing.State(config={**VALID, "storage-backend": "postgresql"})
-    )
-
-    assert out.unit_status == testing.BlockedStatus(
-        "storage-backend=postgresql is not available yet: set it to sqlite"
-    )
-
-
 def test_no_loop_devices_is_blocked_saying_so(ctx, root, monkeypatch):
     monkeypatch.setattr(host, "LOOP_CONTROL", root / "dev/loop-control")
 
@@ -240,3 +230,124 @@ def test_remove_takes_the_timer_away(ctx, root):
     ctx.run(ctx.on.remove(), state)
 
     assert not (root / "etc/systemd/system/runner-fs-reconcile.service").exists()
+
+
+# -- the database relation (a real PostgreSQL server behind it) -------------------------------
+
+POSTGRESQL = {**VALID, "storage-backend": "postgresql"}
+
+
+def _database(server, dbname: str, *, in_secret: bool = True, port: int | None = None):
+    """Return the relation and secret a charmed PostgreSQL would give for `dbname`."""
+    server.create_database(dbname)
+    login = {"username": "runner_fs_test", "password": server.password}
+    answer = {"endpoints": f"127.0.0.1:{port or server.port}", "database": dbname}
+    secret = testing.Secret(tracked_content=login)
+    answer |= {"secret-user": secret.id} if in_secret else login
+    relation = testing.Relation(
+        "database", remote_app_name="postgresql", remote_app_data=answer, remote_units_data={0: {}}
+    )
+    return relation, secret
+
+
+def _rendered(root) -> dict:
+    return json.loads((root / "etc/runner-fs/config.yaml").read_text().split("\n", 1)[1])
+
+
+def test_postgresql_without_the_relation_is_blocked_saying_how_to_integrate(ctx, root):
+    out = ctx.run(ctx.on.config_changed(), testing.State(config=POSTGRESQL))
+
+    assert out.unit_status == testing.BlockedStatus(
+        "integrate with a postgresql charm: juju integrate runner-fs postgresql"
+    )
+    assert _rendered(root)["storage-backend"] == "sqlite"  # harvests go on locally
+
+
+def test_the_leader_asks_for_a_database_and_waits_for_credentials(ctx, root):
+    relation = testing.Relation("database", remote_app_name="postgresql")
+
+    out = ctx.run(
+        ctx.on.relation_joined(relation),
+        testing.State(config=POSTGRESQL, relations=[relation], leader=True),
+    )
+
+    assert out.get_relation(relation.id).local_app_data == {
+        "database": "runner_fs",
+        "requested-secrets": '["username", "password"]',
+    }
+    assert out.unit_status == testing.WaitingStatus(
+        "waiting for database credentials from postgresql"
+    )
+
+
+@pytest.mark.parametrize("in_secret", [True, False])
+def test_credentials_go_into_the_host_config_only(ctx, root, postgres_server, in_secret):
+    relation, secret = _database(postgres_server, f"charm_login_{in_secret}", in_secret=in_secret)
+    state = testing.State(config=POSTGRESQL, relations=[relation], secrets=[secret])
+
+    out = ctx.run(ctx.on.relation_changed(relation), state)
+    ctx.run(ctx.on.action("report"), out)
+
+    assert out.unit_status.name == "active", out.unit_status
+    config = root / "etc/runner-fs/config.yaml"
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    settings = _rendered(root)
+    assert settings["storage-backend"] == "postgresql"
+    assert postgres_server.password in settings["storage-options"]["dsn"]
+    said = json.dumps(ctx.action_results) + "".join(line.message for line in ctx.juju_log)
+    assert postgres_server.password not in said
+
+
+def test_switching_to_postgresql_moves_local_metrics_exactly_once(ctx, root, postgres_server):
+    local = get_storage("sqlite", path=root / "var/lib/runner-fs/metrics.db")
+    frames = []
+    for hour in range(5):
+        frame = DataFrame(
+            datetime.datetime(2026, 1, 5, hour), datetime.datetime(2026, 1, 5, hour, 30)
+        )
+        frame.add_point(DataPoint("s", 1800, 0, {"unit": UNIT_NAME}, {}), "runner.job")
+        frames.append(frame)
+    assert local.push_once("runner-fs/0/r1/uuid", frames)
+    local.close()
+    relation, secret = _database(postgres_server, "charm_switch")
+    state = testing.State(config=POSTGRESQL, relations=[relation], secrets=[secret])
+
+    out = ctx.run(ctx.on.config_changed(), state)
+    ctx.run(ctx.on.secret_changed(secret), out)
+    ctx.run(ctx.on.upgrade_charm(), out)
+
+    fleet = get_storage("postgresql", dsn=_rendered(root)["storage-options"]["dsn"])
+    window = (datetime.datetime(2026, 1, 5), datetime.datetime(2026, 1, 6))
+    assert fleet.retrieve(*window)["total"] == 5
+    assert not fleet.push_once("runner-fs/0/r1/uuid", frames)
+    assert not (root / "var/lib/runner-fs/metrics.db").exists()
+    fleet.close()
+
+
+def test_an_unreachable_postgresql_keeps_harvests_local_and_says_so(ctx, root, postgres_server):
+    local = get_storage("sqlite", path=root / "var/lib/runner-fs/metrics.db")
+    local.close()
+    relation, secret = _database(postgres_server, "charm_unreachable", port=1)
+
+    out = ctx.run(
+        ctx.on.relation_changed(relation),
+        testing.State(config=POSTGRESQL, relations=[relation], secrets=[secret]),
+    )
+
+    assert out.unit_status == testing.WaitingStatus(
+        "postgresql unreachable: harvests go to the local file until it answers"
+        " (see juju debug-log)"
+    )
+    assert _rendered(root)["storage-backend"] == "sqlite"
+    assert (root / "var/lib/runner-fs/metrics.db").exists()
+
+
+def test_a_removed_relation_blocks_again(ctx, root, postgres_server):
+    relation, secret = _database(postgres_server, "charm_broken")
+    state = testing.State(config=POSTGRESQL, relations=[relation], secrets=[secret])
+    ctx.run(ctx.on.relation_changed(relation), state)
+
+    out = ctx.run(ctx.on.relation_broken(relation), state)
+
+    assert isinstance(out.unit_status, testing.BlockedStatus)
+    assert _rendered(root)["storage-backend"] == "sqlite"

@@ -77,8 +77,14 @@ class BaseStorage(abc.ABC):
     ) -> None:
         """Delete the points starting in [begin, end) that match the filters; None is open."""
 
-    def close(self) -> None:  # noqa: B027 (most backends hold nothing to close)
+    def close(self) -> None:  # noqa: B027 (a backend may hold nothing to close)
         """Release connections; the backend may be used again after `init()`."""
+
+    def __enter__(self) -> BaseStorage:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     def get_retention(self) -> datetime.timedelta:
         """Return how long datapoints are kept."""
