@@ -13,6 +13,7 @@ from pathlib import Path
 TOOLS = (
     "config-get", "is-leader", "status-set", "status-get", "juju-log", "action-get",
     "action-set", "action-log", "action-fail", "application-version-set", "goal-state",
+    "relation-ids",
 )  # fmt: skip
 
 
@@ -30,6 +31,8 @@ def main() -> None:
         print(json.dumps(state.get("params", {})))
     elif tool == "status-get":
         print(json.dumps({"status": "unknown", "message": ""}))
+    elif tool == "relation-ids":
+        print(json.dumps([]))  # no relations
     elif tool == "goal-state":
         print(json.dumps({"units": {}, "relations": {}}))
 
