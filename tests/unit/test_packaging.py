@@ -63,3 +63,5 @@ def test_a_wheel_in_a_fresh_venv_finds_its_backends_and_runs_the_wrapper(tmp_pat
         "results": [json.loads(result.stdout)["results"][0]],
     }
     assert (root / "var/lib/runner-fs/metrics.db").exists()
+    loads = "from runner_fs.storage import backend_class; backend_class('postgresql')"
+    subprocess.run([python, "-c", loads], check=True)  # psycopg came with the wheel
