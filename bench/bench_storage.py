@@ -1,4 +1,4 @@
-"""Benchmark: the SQLite backend's push, total, retrieve and delete against hand-written SQL.
+"""Benchmark: each SQL backend's push, total, retrieve and delete against hand-written SQL.
 
 The data are realistic runner metrics: one point per frame (each harvested metric has its own
 begin and end), three metric types, 20 hosts, 8 flavors, 400 repositories, 60 workflows, spread
@@ -6,30 +6,40 @@ over 30 days in time order (as harvests arrive). Both sides work on the same dat
 in the same run:
 
 - push: `push()` of real DataFrame objects, 1000 points per call (one transaction each),
-  against `executemany` of ready-made tuples (already converted to integers and JSON text)
-  into a table with the same columns and index, also 1000 per transaction. Building either
-  side's input is not timed.
+  against a raw bulk insert of ready-made tuples (already converted to integers and JSON
+  text) into a table with the same columns and indexes, also 1000 per transaction: SQLite's
+  `executemany`, PostgreSQL's COPY. Building either side's input is not timed.
 - total / retrieve / delete: our method against the same answer written by hand in SQL over
   the same table, the result rows fetched (no Python objects built for them).
 
-Run:  python bench/bench_storage.py --n 10000 100000 1000000
+PostgreSQL runs in a throw-away server (fsync on, Debian's defaults otherwise) started by the
+benchmark, or in the database given with --dsn (its tables are dropped first).
+
+Run:  python bench/bench_storage.py --backend sqlite postgresql --n 10000 100000 1000000
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import decimal
 import json
 import random
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from runner_fs.dataframe import DataFrame, DataPoint
-from runner_fs.storage.sql import PRICE_SCALE, QTY_SCALE, to_utc_us
+from runner_fs.storage.postgresql import PostgreSQLStorage
+from runner_fs.storage.sql import PRICE_SCALE, QTY_SCALE, SQLStorage, to_utc_us
 from runner_fs.storage.sqlite import SQLiteStorage
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.postgres import running_server
 
 UTC = datetime.timezone.utc
 T0 = datetime.datetime(2026, 6, 1, tzinfo=UTC)
@@ -100,14 +110,112 @@ def _raw_rows(batch: list[tuple]) -> list[tuple]:
     ]  # fmt: skip
 
 
-def bench_push(storage: SQLiteStorage, n: int) -> dict[str, float]:
-    """Return points per second for `push()` and for the raw insert."""
-    db = storage.db
-    db.execute(
-        "CREATE TABLE raw_points (begin_us INTEGER, end_us INTEGER, type TEXT, unit TEXT,"
-        " qty_micro INTEGER, price_nano INTEGER, groupby TEXT, metadata TEXT, description TEXT)"
-    )
-    db.execute("CREATE INDEX raw_points_begin ON raw_points (begin_us)")
+class HandSQLite:
+    """The hand-written SQL on SQLite."""
+
+    def __init__(self, storage: SQLiteStorage) -> None:
+        self.db = storage.db
+
+    def create_raw(self) -> None:
+        self.db.execute(
+            "CREATE TABLE raw_points (id INTEGER PRIMARY KEY, begin_us INTEGER, end_us INTEGER,"
+            " type TEXT, unit TEXT, qty_micro INTEGER, price_nano INTEGER, groupby TEXT,"
+            " metadata TEXT, description TEXT)"
+        )
+        self.db.execute("CREATE INDEX raw_points_begin ON raw_points (begin_us)")
+
+    def insert_raw(self, rows: list[tuple]) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+        self.db.executemany(
+            "INSERT INTO raw_points (begin_us, end_us, type, unit, qty_micro, price_nano,"
+            " groupby, metadata, description) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        self.db.execute("COMMIT")
+
+    def drop_raw(self) -> None:
+        self.db.execute("DROP TABLE raw_points")
+
+    def total(self, keys: list[str], begin: int, end: int) -> list:
+        columns = ", ".join(f"json_extract(groupby, '$.{k}')" for k in keys)
+        return self.db.execute(
+            f"SELECT {columns}, SUM(qty_micro), SUM(price_nano) FROM points"
+            f" WHERE begin_us >= ? AND begin_us < ? GROUP BY {columns} ORDER BY {columns}",
+            (begin, end),
+        ).fetchall()
+
+    def retrieve(self, begin: int, end: int, offset: int) -> list:
+        self.db.execute(
+            "SELECT COUNT(*) FROM points WHERE begin_us >= ? AND begin_us < ?", (begin, end)
+        ).fetchone()
+        rows = self.db.execute(
+            "SELECT p.begin_us, p.end_us, p.type, p.unit, p.qty_micro, p.price_nano, p.groupby,"
+            " p.metadata, p.description FROM points AS p WHERE p.begin_us >= ?"
+            " AND p.begin_us < ? ORDER BY p.begin_us, p.end_us, p.type, p.id LIMIT 1000 OFFSET ?",
+            (begin, end, offset),
+        ).fetchall()
+        return [(*row[:6], json.loads(row[6]), json.loads(row[7]), row[8]) for row in rows]
+
+    def delete(self, begin: int, end: int) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute("DELETE FROM points WHERE begin_us >= ? AND begin_us < ?", (begin, end))
+        self.db.execute("COMMIT")
+
+
+class HandPostgreSQL:
+    """The hand-written SQL on PostgreSQL: COPY, and the plain jsonb queries."""
+
+    def __init__(self, storage: PostgreSQLStorage) -> None:
+        self.db = storage.db
+
+    def create_raw(self) -> None:
+        self.db.execute("CREATE TABLE raw_points (LIKE points INCLUDING ALL)")
+
+    def insert_raw(self, rows: list[tuple]) -> None:
+        with (
+            self.db.transaction(),
+            self.db.cursor() as cursor,
+            cursor.copy(
+                "COPY raw_points (begin_us, end_us, type, unit, qty_micro, price_nano, groupby,"
+                " metadata, description) FROM STDIN"
+            ) as copy,
+        ):
+            for row in rows:
+                copy.write_row(row)
+
+    def drop_raw(self) -> None:
+        self.db.execute("DROP TABLE raw_points")
+
+    def total(self, keys: list[str], begin: int, end: int) -> list:
+        columns = ", ".join(f"groupby -> '{k}'" for k in keys)
+        return self.db.execute(
+            f"SELECT {columns}, SUM(qty_micro), SUM(price_nano) FROM points"
+            f" WHERE begin_us >= %s AND begin_us < %s GROUP BY {columns} ORDER BY {columns}",
+            (begin, end),
+        ).fetchall()
+
+    def retrieve(self, begin: int, end: int, offset: int) -> list:
+        self.db.execute(
+            "SELECT COUNT(*) FROM points WHERE begin_us >= %s AND begin_us < %s", (begin, end)
+        ).fetchone()
+        return self.db.execute(
+            "SELECT p.begin_us, p.end_us, p.type, p.unit, p.qty_micro, p.price_nano, p.groupby,"
+            " p.metadata, p.description FROM points AS p WHERE p.begin_us >= %s"
+            " AND p.begin_us < %s ORDER BY p.begin_us, p.end_us, p.type, p.id"
+            " LIMIT 1000 OFFSET %s",
+            (begin, end, offset),
+        ).fetchall()
+
+    def delete(self, begin: int, end: int) -> None:
+        with self.db.transaction():
+            self.db.execute(
+                "DELETE FROM points WHERE begin_us >= %s AND begin_us < %s", (begin, end)
+            )
+
+
+def bench_push(storage: SQLStorage, hand: Any, n: int) -> dict[str, float]:
+    """Return points per second for `push()` and for the raw bulk insert."""
+    hand.create_raw()
     ours = raw = 0.0
     for batch in _batches(n):
         frames, rows = _frames(batch), _raw_rows(batch)
@@ -115,11 +223,9 @@ def bench_push(storage: SQLiteStorage, n: int) -> dict[str, float]:
         storage.push(frames)
         ours += time.perf_counter() - start
         start = time.perf_counter()
-        db.execute("BEGIN IMMEDIATE")
-        db.executemany("INSERT INTO raw_points VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        db.execute("COMMIT")
+        hand.insert_raw(rows)
         raw += time.perf_counter() - start
-    db.execute("DROP TABLE raw_points")
+    hand.drop_raw()
     return {"ours": n / ours, "raw": n / raw}
 
 
@@ -132,35 +238,10 @@ def _best(action: Callable[[], object], repeat: int) -> float:
     return min(times)
 
 
-def _hand_total(db, keys: list[str], begin: int, end: int) -> list:
-    columns = ", ".join(f"json_extract(groupby, '$.{k}')" for k in keys)
-    return db.execute(
-        f"SELECT {columns}, SUM(qty_micro), SUM(price_nano) FROM points"
-        f" WHERE begin_us >= ? AND begin_us < ? GROUP BY {columns} ORDER BY {columns}",
-        (begin, end),
-    ).fetchall()
-
-
-def _hand_retrieve(db, begin: int, end: int, offset: int) -> list:
-    db.execute(
-        "SELECT COUNT(*) FROM points WHERE begin_us >= ? AND begin_us < ?", (begin, end)
-    ).fetchone()
-    rows = db.execute(
-        "SELECT p.begin_us, p.end_us, p.type, p.unit, p.qty_micro, p.price_nano, p.groupby,"
-        " p.metadata, p.description FROM points AS p WHERE p.begin_us >= ? AND p.begin_us < ?"
-        " ORDER BY p.begin_us, p.end_us, p.type, p.id LIMIT 1000 OFFSET ?",
-        (begin, end, offset),
-    ).fetchall()
-    return [(*row[:6], json.loads(row[6]), json.loads(row[7]), row[8]) for row in rows]
-
-
-def run(n: int, directory: Path, repeat: int) -> list[tuple[str, float, float]]:
+def run(storage: SQLStorage, hand: Any, n: int, repeat: int) -> list[tuple[str, float, float]]:
     """Return rows (operation, ours, hand-written) in seconds, or points/s for push."""
-    storage = SQLiteStorage(path=directory / f"bench-{n}.db")
-    storage.init()
-    push = bench_push(storage, n)
+    push = bench_push(storage, hand, n)
     rows = [("push (points/s)", push["ours"], push["raw"])]
-    db = storage.db
     for days in (1, 7, 30):
         end = T0 + datetime.timedelta(days=days)
         window = (to_utc_us(T0), to_utc_us(end))
@@ -168,14 +249,14 @@ def run(n: int, directory: Path, repeat: int) -> list[tuple[str, float, float]]:
             rows.append((
                 f"total by {'+'.join(keys)}, {days} d",
                 _best(lambda k=keys, e=end: storage.total(k, T0, e, paginate=False), repeat),
-                _best(lambda k=keys, w=window: _hand_total(db, k, *w), repeat),
+                _best(lambda k=keys, w=window: hand.total(k, *w), repeat),
             ))  # fmt: skip
     end = T0 + datetime.timedelta(days=DAYS)
     offset = max(0, n - 1000)
     rows.append((
         f"retrieve 1000 at offset {offset}",
         _best(lambda: storage.retrieve(T0, end, offset=offset), repeat),
-        _best(lambda: _hand_retrieve(db, to_utc_us(T0), to_utc_us(end), offset), repeat),
+        _best(lambda: hand.retrieve(to_utc_us(T0), to_utc_us(end), offset), repeat),
     ))  # fmt: skip
     day = T0 + datetime.timedelta(days=DAYS // 2)
     next_day = day + datetime.timedelta(days=1)
@@ -183,33 +264,52 @@ def run(n: int, directory: Path, repeat: int) -> list[tuple[str, float, float]]:
     storage.delete(day, next_day)
     ours = time.perf_counter() - start
     start = time.perf_counter()
-    db.execute("BEGIN IMMEDIATE")
-    db.execute(
-        "DELETE FROM points WHERE begin_us >= ? AND begin_us < ?",
-        (to_utc_us(next_day), to_utc_us(next_day + datetime.timedelta(days=1))),
-    )
-    db.execute("COMMIT")
+    hand.delete(to_utc_us(next_day), to_utc_us(next_day + datetime.timedelta(days=1)))
     rows.append(("delete a day", ours, time.perf_counter() - start))
     return rows
 
 
+@contextlib.contextmanager
+def _stores(backend: str, n: int, dsn: str | None) -> Iterator[tuple[SQLStorage, Any]]:
+    """Yield an empty store of `backend` and its hand-written SQL."""
+    if backend == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="runner-fs-bench-") as directory:
+            sqlite = SQLiteStorage(path=Path(directory) / f"bench-{n}.db")
+            sqlite.init()
+            yield sqlite, HandSQLite(sqlite)
+            sqlite.close()
+        return
+    with contextlib.ExitStack() as stack:
+        if dsn is None:
+            server = stack.enter_context(running_server(durable=True))
+            dsn = server.create_database(f"bench_{n}")
+        postgresql = PostgreSQLStorage(dsn=dsn)
+        postgresql.db.execute("DROP TABLE IF EXISTS points, ledger, meta, raw_points CASCADE")
+        postgresql.init()
+        yield postgresql, HandPostgreSQL(postgresql)
+        postgresql.close()
+
+
 def main() -> None:
-    """Run the sizes given and print one Markdown table per size."""
+    """Run the sizes given and print one Markdown table per backend and size."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", nargs="+", choices=["sqlite", "postgresql"],
+                        default=["sqlite", "postgresql"])  # fmt: skip
     parser.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--repeat", type=int, default=3, help="best of this many (reads)")
+    parser.add_argument("--dsn", help="PostgreSQL database to use (its tables are dropped)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="runner-fs-bench-") as directory:
+    for backend in args.backend:
         for n in args.n:
-            print(f"\n### {n:,} datapoints\n")
+            print(f"\n### {backend}, {n:,} datapoints\n")
             print("| operation | ours | hand-written SQL | ratio |")
             print("| --- | --- | --- | --- |")
-            for name, ours, hand in run(n, Path(directory), args.repeat):
-                if name.startswith("push"):
-                    print(f"| {name} | {ours:,.0f} | {hand:,.0f} | {ours / hand:.0%} of raw |")
-                else:
-                    print(f"| {name} | {ours:.4f} s | {hand:.4f} s | {ours / hand:.2f}x |")
-            Path(directory, f"bench-{n}.db").unlink()
+            with _stores(backend, n, args.dsn) as (storage, hand):
+                for name, ours, raw in run(storage, hand, n, args.repeat):
+                    if name.startswith("push"):
+                        print(f"| {name} | {ours:,.0f} | {raw:,.0f} | {ours / raw:.0%} of raw |")
+                    else:
+                        print(f"| {name} | {ours:.4f} s | {raw:.4f} s | {ours / raw:.2f}x |")
 
 
 if __name__ == "__main__":

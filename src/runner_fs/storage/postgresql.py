@@ -15,8 +15,10 @@ import contextlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg import conninfo
+from psycopg.types.json import set_json_loads
 
 from runner_fs.errors import StorageError
 from runner_fs.storage.sql import COLUMNS, SQLStorage
@@ -111,6 +113,7 @@ class PostgreSQLStorage(SQLStorage):
             # A harvested filesystem is deleted once its commit returns: the commit must be
             # durable even where the server defaults to synchronous_commit=off.
             connection.execute("SET synchronous_commit = on")
+            set_json_loads(orjson.loads, connection)
             self._connection = connection
         return self._connection
 

@@ -19,9 +19,10 @@ import abc
 import contextlib
 import datetime
 import decimal
-import json
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
+
+import orjson
 
 from runner_fs.dataframe import DataFrame, DataPoint
 from runner_fs.errors import StorageError
@@ -34,7 +35,14 @@ _MAX_FIXED = 2**62
 _UTC = datetime.timezone.utc
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=_UTC)
 _MICROSECOND = datetime.timedelta(microseconds=1)
-_to_json = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
+def _to_json(value: object, what: str) -> str:
+    """Return compact JSON; numbers outside JSON's range become strings via `str`."""
+    try:
+        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except orjson.JSONEncodeError as exc:
+        raise StorageError(f"{what} cannot be stored as JSON: {exc}") from None
 
 
 def to_utc_us(moment: datetime.datetime) -> int:
@@ -89,7 +97,8 @@ def to_rows(dataframes: Iterable[DataFrame]) -> list[tuple]:
             rows.append((begin, end, str(type_), str(point.unit),
                          _fixed(point.qty, QTY_DIGITS, f"{type_} qty"),
                          _fixed(point.price, PRICE_DIGITS, f"{type_} price"),
-                         _to_json(point.groupby), _to_json(point.metadata),
+                         _to_json(point.groupby, f"{type_} groupby"),
+                         _to_json(point.metadata, f"{type_} metadata"),
                          point.description))  # fmt: skip
     return rows
 

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from runner_fs.errors import StorageError
 from runner_fs.storage.sql import COLUMNS, SQLStorage
 
@@ -146,7 +148,7 @@ class SQLiteStorage(SQLStorage):
         return self.db.execute(sql, tuple(args))
 
     def _decode(self, stored: str) -> dict:
-        decoded: dict = json.loads(stored)
+        decoded: dict = orjson.loads(stored)
         return decoded
 
     @property

@@ -187,6 +187,13 @@ def test_bad_input_stores_nothing(storage):
     assert storage.retrieve(T0 - HOUR, T0 + HOUR)["total"] == 0
 
 
+def test_an_attribute_json_cannot_hold_stores_nothing(storage):
+    with pytest.raises(StorageError, match=r"runner\.job groupby cannot be stored as JSON"):
+        storage.push([_frame(T0), _frame(T0, huge=2**70)])
+
+    assert storage.retrieve(T0 - HOUR, T0 + HOUR)["total"] == 0
+
+
 def test_push_once_stores_a_key_exactly_once(storage):
     assert storage.push_once("unit/r1/uuid", [_frame(T0)])
     assert not storage.push_once("unit/r1/uuid", [_frame(T0)])
