@@ -123,7 +123,7 @@ class PostgreSQLStorage(SQLStorage):
         Raises:
             StorageError: the server cannot be reached, or has a newer schema.
         """
-        with self._reporting("cannot initialise"), self._transaction():
+        with self._reporting("initialising"), self._transaction():
             self._execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
             self._execute("CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text)")
             row = self._execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
