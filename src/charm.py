@@ -68,24 +68,32 @@ class RunnerFsCharm(ops.CharmBase):
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def _converge(self) -> CharmState | None:
-        """Render the host config, timer and wrapper; None when the config is invalid.
+    def _state_in_use(self) -> CharmState:
+        """Return the state harvests may use: PostgreSQL only once the local store is in it.
 
-        Before harvests switch to PostgreSQL, the local SQLite store is moved into it; while
-        that fails, harvests go on into the local file and the next event tries again.
+        While moving the local SQLite store into PostgreSQL fails, harvests go on into the
+        local file and the next event tries again.
+
+        Raises:
+            InvalidConfigError: an option is invalid.
         """
-        try:
-            state = self._state()
-        except InvalidConfigError as exc:
-            logger.warning("not converging: %s", exc)
-            return None
+        state = self._state()
         if state.host.storage_backend == "postgresql":
             try:
                 if state.host.move_local_store():
                     logger.info("local metrics copied into PostgreSQL")
             except RunnerFsError as exc:
                 logger.error("metrics stay local for now: %s", exc)
-                state = self._state(use_database=False)
+                return self._state(use_database=False)
+        return state
+
+    def _converge(self) -> CharmState | None:
+        """Render the host config, timer and wrapper; None when the config is invalid."""
+        try:
+            state = self._state_in_use()
+        except InvalidConfigError as exc:
+            logger.warning("not converging: %s", exc)
+            return None
         self.machine.converge(state, self.unit.name, self.charm_dir)
         return state
 
@@ -112,8 +120,7 @@ class RunnerFsCharm(ops.CharmBase):
         logger.info("unmounted %d filesystems; images, archives and metrics are kept", unmounted)
 
     def _on_reconcile(self, _: ReconcileEvent) -> None:
-        """Converge (a pending move into PostgreSQL is retried), then run one harvest pass."""
-        self._converge()
+        """Run one harvest pass (the timer's event)."""
         try:
             counts = self._run_reconcile()
         except (InvalidConfigError, RunnerFsError) as exc:
@@ -122,7 +129,10 @@ class RunnerFsCharm(ops.CharmBase):
         logger.info("reconcile: %s", counts)
 
     def _run_reconcile(self, event: ops.ActionEvent | None = None) -> dict[str, int]:
-        reconciler = self._state().host.reconciler()
+        """Converge (a pending move into PostgreSQL is retried), then harvest where it says."""
+        state = self._state_in_use()
+        self.machine.converge(state, self.unit.name, self.charm_dir)
+        reconciler = state.host.reconciler()
 
         def progress(done: int, total: int) -> None:
             if event and at_tenth(done, total):

@@ -342,6 +342,20 @@ def test_an_unreachable_postgresql_keeps_harvests_local_and_says_so(ctx, root, p
     assert (root / "var/lib/runner-fs/metrics.db").exists()
 
 
+def test_while_postgresql_is_unreachable_a_harvest_goes_into_the_local_file(
+    ctx, root, postgres_server
+):
+    get_storage("sqlite", path=root / "var/lib/runner-fs/metrics.db").close()  # not moved yet
+    relation, secret = _database(postgres_server, "charm_harvest_local", port=1)
+    state = testing.State(config=POSTGRESQL, relations=[relation], secrets=[secret])
+
+    ctx.run(ctx.on.action("reconcile"), state)  # not into PostgreSQL: its ledger lacks ours
+
+    assert ctx.action_results["errors"] == 0
+    assert (root / "var/lib/runner-fs/metrics.db").exists()
+    assert _rendered(root)["storage-backend"] == "sqlite"
+
+
 def test_a_removed_relation_blocks_again(ctx, root, postgres_server):
     relation, secret = _database(postgres_server, "charm_broken")
     state = testing.State(config=POSTGRESQL, relations=[relation], secrets=[secret])
