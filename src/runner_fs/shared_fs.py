@@ -91,26 +91,58 @@ def parse_size(size: str) -> int:
     return value
 
 
-def resolve_owner(owner: str | None) -> tuple[int, int]:
-    """Resolve "user[:group]" (names or numbers) to ids; None means root.
+MAX_ID = 2**32 - 2  # (uid_t)-1 means "unchanged" to the kernel
+
+
+def _numeric_id(text: str, kind: str) -> int | None:
+    """Return `text` as an id when it is a number, else None.
 
     Raises:
-        ValueError: the user or group does not exist on this host.
+        ValueError: a number out of the kernel's id range.
+    """
+    if not text.isdigit():
+        return None
+    if int(text) > MAX_ID:
+        raise ValueError(f"filesystem owner {kind} {text!r:.20} is out of range 0..{MAX_ID}")
+    return int(text)
+
+
+def resolve_owner(owner: str | None) -> tuple[int, int]:
+    """Resolve "user[:group]" to ids; None means root.
+
+    Numbers need no passwd or group entry (LXD maps a container's users to id ranges the host
+    does not list); a number alone means that uid with its passwd group, or the same number as
+    the gid where it has no entry. Names must exist on this host.
+
+    Raises:
+        ValueError: a name does not exist on this host, or a number is out of range.
     """
     if not owner:
         return 0, 0
     user, _, group = owner.partition(":")
+    uid = _numeric_id(user, "user")
     try:
-        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+        entry = pwd.getpwuid(uid) if uid is not None else pwd.getpwnam(user)
+        uid, user_gid = entry.pw_uid, entry.pw_gid
     except KeyError:
-        raise ValueError(f"filesystem owner user {user!r} does not exist on this host") from None
+        if uid is None:
+            raise ValueError(
+                f"filesystem owner user {user!r:.40} does not exist on this host: "
+                "give an existing name or a numeric uid:gid"
+            ) from None
+        user_gid = uid
     if not group:
-        return entry.pw_uid, entry.pw_gid
-    try:
-        gid = grp.getgrgid(int(group)).gr_gid if group.isdigit() else grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise ValueError(f"filesystem owner group {group!r} does not exist on this host") from None
-    return entry.pw_uid, gid
+        return uid, user_gid
+    gid = _numeric_id(group, "group")
+    if gid is None:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ValueError(
+                f"filesystem owner group {group!r:.40} does not exist on this host: "
+                "give an existing name or a numeric gid"
+            ) from None
+    return uid, gid
 
 
 class FilesystemRecord(BaseModel):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,3 +55,19 @@ def manager(base_dir: Path) -> SharedFilesystemManager:
 def bound_images(base: Path) -> list[str]:
     """Return the images under `base` that some loop device still holds."""
     return [path for path in host.loop_backing_files() if path.startswith(str(base.resolve()))]
+
+
+def kill_after_lines(process: subprocess.Popen, count: int, prefix: str) -> bool:
+    """SIGKILL `process` once its stderr has printed `count` lines starting with `prefix`.
+
+    The kill then lands while the process goes on past that point: timed by what the process
+    says, never by a sleep. Returns False when the process ended (stderr closed) first.
+    """
+    assert process.stderr is not None
+    seen = 0
+    for line in process.stderr:
+        seen += line.startswith(prefix)
+        if seen == count:
+            process.send_signal(signal.SIGKILL)
+            return True
+    return False

@@ -25,7 +25,7 @@ from runner_fs.storage import get_storage
 from runner_fs.storage.postgresql import PostgreSQLStorage
 from tests.postgres import PostgresServer, running_server
 
-from .conftest import OWNER, bound_images
+from .conftest import OWNER, bound_images, kill_after_lines
 from .test_reconcile import WINDOW, _cli, totals, write_runner
 
 UNIT = "runner-fs/0"
@@ -152,10 +152,9 @@ def test_four_units_killed_at_random_lose_and_double_nothing(postgres_server, tm
                     expected[unit] += 30 + job
             pending = {unit: len(managers[unit].runner_names()) for unit in units}
             passes = [_cli(configs[unit], "reconcile") for unit in units]
-            time.sleep(rng.uniform(0.3, 0.8))
             for unit, process in zip(units, passes, strict=True):
-                if rng.random() < 0.75:
-                    process.send_signal(signal.SIGKILL)
+                if rng.random() < 0.75:  # after 1 to 8 of its 10 progress lines
+                    kill_after_lines(process, rng.randrange(1, 9), "reconcile: ")
                 process.communicate(timeout=120)
                 assert process.returncode in (0, -signal.SIGKILL), f"iteration {iteration}"
                 interrupted += 0 < len(managers[unit].runner_names()) < pending[unit]

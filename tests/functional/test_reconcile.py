@@ -26,7 +26,7 @@ from runner_fs.shared_fs import SharedFilesystemManager
 from runner_fs.storage import get_storage
 from runner_fs.storage.sqlite import SQLiteStorage
 
-from .conftest import OWNER, bound_images
+from .conftest import OWNER, bound_images, kill_after_lines
 
 UNIT = "host-a"
 NOW = time.time()
@@ -281,8 +281,7 @@ def test_killed_at_random_instants_no_metric_is_lost_or_counted_twice(manager, t
             created += 1
         pending = len(list(manager.images_dir.glob("*.json")))
         process = _cli(config, "reconcile")
-        time.sleep(rng.uniform(0.15, 0.7))  # the interpreter starts in about 0.2 s
-        process.send_signal(signal.SIGKILL)
+        kill_after_lines(process, rng.randrange(1, 9), "reconcile: ")  # of ten progress lines
         process.communicate()
         assert process.returncode in (0, -signal.SIGKILL), f"iteration {iteration}"
         interrupted += 0 < len(list(manager.images_dir.glob("*.json"))) < pending

@@ -21,9 +21,10 @@ from runner_fs.errors import (
     GetMetricsStorageError,
     QuarantineMetricsStorageError,
 )
+from runner_fs.config import HostConfig
 from runner_fs.shared_fs import SharedFilesystemManager
 
-from .conftest import OWNER, bound_images
+from .conftest import OWNER, bound_images, kill_after_lines
 
 
 def _mounted(manager: SharedFilesystemManager) -> dict[str, host.Mount]:
@@ -105,6 +106,18 @@ def test_hostile_names_are_refused_before_anything_is_built(manager, name):
             operation(name)
 
     assert not manager.base_dir.exists()
+
+
+def test_create_with_ids_mapped_for_an_unprivileged_lxd_container(base_dir):
+    # As README tells LXD users: filesystem-owner=1001000:1001000, ids no passwd lists.
+    config = HostConfig.model_validate(
+        {"base-dir": base_dir, "filesystem-owner": "1001000:1001000"}
+    )
+
+    storage = config.manager().create("lxd-runner")
+
+    root = storage.path.stat()
+    assert (root.st_uid, root.st_gid) == (1001000, 1001000)
 
 
 def test_create_with_an_owner_missing_from_the_host_fails_cleanly(base_dir):
@@ -412,13 +425,16 @@ def test_interrupted_changes_are_finished_or_rolled_back(manager):
 
 _CHURN = """
 import sys
+from runner_fs.config import HostConfig
 from runner_fs.shared_fs import SharedFilesystemManager
 manager = SharedFilesystemManager(sys.argv[1], owner="nobody:nogroup")
 i = 0
 while True:
     name = f"k{i % 3}"
     try:
+        print("step create", file=sys.stderr, flush=True)
         manager.create(name)
+        print("step remove", file=sys.stderr, flush=True)
         if i % 2:
             manager.move_to_quarantine(name)
         else:
@@ -433,10 +449,13 @@ while True:
 def test_killed_at_random_instants_nothing_leaks(manager):
     manager.create("survivor")
     for iteration in range(25):
-        churn = subprocess.Popen([sys.executable, "-c", _CHURN, str(manager.base_dir)])
-        time.sleep(0.15 + (iteration % 7) * 0.023)
-        churn.send_signal(signal.SIGKILL)
-        churn.wait()
+        churn = subprocess.Popen(
+            [sys.executable, "-c", _CHURN, str(manager.base_dir)],
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        # Killed during the 1st to 7th step: creates, deletes and quarantines alike.
+        assert kill_after_lines(churn, 1 + iteration % 7, "step ")
+        churn.communicate()
 
         listed = [s.runner_name for s in manager.list_all()]
 

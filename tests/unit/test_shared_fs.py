@@ -68,10 +68,20 @@ def test_owner_resolves_names_and_numbers():
     assert resolve_owner("root:root") == (0, 0)
 
 
+def test_numeric_owner_ids_need_no_passwd_entry():
+    # LXD maps an unprivileged container's uid 1000 to 1001000 on the host: no passwd entry.
+    assert resolve_owner("1001000:1001000") == (1001000, 1001000)
+    assert resolve_owner("1001000") == (1001000, 1001000)
+    assert resolve_owner("1001000:root") == (1001000, 0)
+    assert resolve_owner("0") == (0, 0)
+
+
 @pytest.mark.parametrize(
     ("owner", "message"),
     [("no-such-user-x", "user 'no-such-user-x' does not exist"),
-     ("root:no-such-group-x", "group 'no-such-group-x' does not exist")],
+     ("root:no-such-group-x", "group 'no-such-group-x' does not exist"),
+     ("4294967295:0", "user '4294967295' is out of range"),
+     ("0:99999999999", "group '99999999999' is out of range")],
 )  # fmt: skip
 def test_an_unknown_owner_is_named(owner, message):
     with pytest.raises(ValueError, match=message):

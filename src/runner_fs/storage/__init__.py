@@ -5,13 +5,18 @@ from __future__ import annotations
 import abc
 import datetime
 from collections.abc import Iterable
+from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Any
 
 from runner_fs.dataframe import DataFrame
 from runner_fs.errors import StorageError
 
-ENTRY_POINT_GROUP = "runner_fs.storage.v2.backends"
+ENTRY_POINT_GROUP = "runner_fs.storage.v2.backends"  # third-party backends
+BUILTIN_BACKENDS = {  # found by name: a packed charm has the code but no package metadata
+    "sqlite": "runner_fs.storage.sqlite:SQLiteStorage",
+    "postgresql": "runner_fs.storage.postgresql:PostgreSQLStorage",
+}
 DEFAULT_RETENTION_HOURS = 2400
 TIME_GROUPBYS = {
     "time-d": "day_of_the_year",
@@ -109,15 +114,19 @@ class BaseStorage(abc.ABC):
 
 
 def backend_class(name: str) -> type[BaseStorage]:
-    """Return the backend class registered as `name`.
+    """Return the built-in backend `name`, or the one registered as `name` by another package.
 
     Raises:
-        StorageError: no backend of that name is installed.
+        StorageError: no backend of that name exists.
     """
+    if name in BUILTIN_BACKENDS:
+        module, _, attribute = BUILTIN_BACKENDS[name].partition(":")
+        builtin: type[BaseStorage] = getattr(import_module(module), attribute)
+        return builtin
     found = entry_points(group=ENTRY_POINT_GROUP, name=name)
     if not found:
-        names = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
-        raise StorageError(f"unknown storage backend {name!r:.40}: installed are {names}")
+        names = sorted({*BUILTIN_BACKENDS, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))})
+        raise StorageError(f"unknown storage backend {name!r:.40}: available are {names}")
     loaded: type[BaseStorage] = next(iter(found)).load()
     return loaded
 
