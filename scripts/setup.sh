@@ -17,4 +17,4 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test,lint,cloudkitty,charmcraft]'
+.venv/bin/python -m pip install -q -e '.[test,lint,cloudkitty]'

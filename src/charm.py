@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import collections
+import datetime
 import json
 import logging
 from pathlib import Path
 
 import ops
+from charmlibs.systemd import SystemdError
+from pydantic import ValidationError
 
-from charm_state import CharmState, InvalidConfigError
+from charm_state import CharmConfig, CharmState, InvalidConfigError, option_error
 from database import DatabaseRequirer
 from machine import Machine
 from runner_fs import archive, host
@@ -22,6 +25,7 @@ from runner_fs.report import parse_instant, parse_list, report
 logger = logging.getLogger(__name__)
 
 HOST_ROOT = Path("/")  # where the machine's files live; tests point it at a directory
+STALE_INTERVALS = 3  # passes missed before status says harvesting has stalled
 
 
 class ReconcileEvent(ops.EventBase):
@@ -34,25 +38,32 @@ class RunnerFsEvents(ops.CharmEvents):
     reconcile = ops.EventSource(ReconcileEvent)
 
 
+class MachineTakenError(RunnerFsError):
+    """Another runner-fs unit already manages this machine's filesystems."""
+
+
 class RunnerFsCharm(ops.CharmBase):
     """Per-runner loopback filesystems, harvested into metrics storage."""
 
     on = RunnerFsEvents()
+    _stored = ops.StoredState()
 
     def __init__(self, framework: ops.Framework) -> None:
         """Observe the events this charm handles."""
         super().__init__(framework)
+        self._stored.set_default(stopped=False)
         self.machine = Machine(HOST_ROOT)
         self.database = DatabaseRequirer(self)
+        self._converge_problem: str | None = None
         database = self.on[self.database.relation_name]
         for event in (
             self.on.install, self.on.config_changed, self.on.upgrade_charm, self.on.secret_changed,
-            database.relation_changed, database.relation_broken,
+            self.on.update_status, database.relation_changed, database.relation_broken,
         ):  # fmt: skip
             framework.observe(event, self._on_converge)
         framework.observe(self.on.start, self._on_start)
         framework.observe(self.on.stop, self._on_stop)
-        framework.observe(self.on.remove, self._on_stop)
+        framework.observe(self.on.remove, self._on_remove)
         framework.observe(self.on.reconcile, self._on_reconcile)
         framework.observe(self.on.list_action, self._on_list_action)
         framework.observe(self.on.quarantine_action, self._on_quarantine_action)
@@ -63,10 +74,28 @@ class RunnerFsCharm(ops.CharmBase):
     # -- state ---------------------------------------------------------------------------
 
     def _state(self, use_database: bool = True) -> CharmState:
-        dsn = self.database.dsn() if use_database else None
-        return CharmState.from_config(self.config, self.unit.name, self.machine.base_dir, dsn)
+        """Return the validated state of this unit.
 
-    # -- lifecycle -----------------------------------------------------------------------
+        Raises:
+            InvalidConfigError: an option is invalid.
+            MachineTakenError: another runner-fs unit manages this machine.
+        """
+        try:
+            config = self.load_config(CharmConfig)
+        except ValidationError as exc:
+            raise option_error(exc) from None
+        owner = self.machine.managed_by()
+        if owner not in (None, self.unit.name):
+            raise MachineTakenError(
+                f"{owner} already manages runner filesystems on this machine"
+                f" ({self.machine.config_path}): remove this unit ({self.unit.name})"
+            )
+        login = self.database.login if use_database else None
+        dsn = None
+        if login:
+            self.machine.keep_database_ca(login.tls_ca)
+            dsn = login.dsn(str(self.machine.database_ca_path))
+        return CharmState.from_config(config, self.unit.name, self.machine.base_dir, dsn)
 
     def _state_in_use(self) -> CharmState:
         """Return the state harvests may use: PostgreSQL only once the local store is in it.
@@ -76,6 +105,7 @@ class RunnerFsCharm(ops.CharmBase):
 
         Raises:
             InvalidConfigError: an option is invalid.
+            MachineTakenError: another runner-fs unit manages this machine.
         """
         state = self._state()
         if state.host.storage_backend == "postgresql":
@@ -87,20 +117,31 @@ class RunnerFsCharm(ops.CharmBase):
                 return self._state(use_database=False)
         return state
 
+    # -- lifecycle -----------------------------------------------------------------------
+
     def _converge(self) -> CharmState | None:
-        """Render the host config, timer and wrapper; None when the config is invalid."""
+        """Render the host config, timer and wrapper; None when that cannot be done now."""
+        if self._stored.stopped:
+            return None
         try:
             state = self._state_in_use()
-        except InvalidConfigError as exc:
+            self.machine.converge(state, self.unit.name, self.charm_dir)
+        except (InvalidConfigError, MachineTakenError) as exc:
             logger.warning("not converging: %s", exc)
             return None
-        self.machine.converge(state, self.unit.name, self.charm_dir)
+        except SystemdError as exc:
+            logger.error("the reconcile timer is not running: %s", exc)
+            self._converge_problem = f"the reconcile timer could not be started: {exc}"
+            return None
         return state
 
     def _on_converge(self, event: ops.EventBase) -> None:
         state = self._converge()
         if state and isinstance(event, ops.UpgradeCharmEvent):
-            state.host.storage().close()  # init() upgrades the schema; nothing is unmounted
+            try:  # init() upgrades the schema; nothing is unmounted
+                state.host.storage().close()
+            except RunnerFsError as exc:
+                logger.error("storage not upgraded now, the next pass will: %s", exc)
 
     def _on_start(self, _: ops.StartEvent) -> None:
         """Converge, then mount every filesystem again (a reboot unmounted them)."""
@@ -109,18 +150,32 @@ class RunnerFsCharm(ops.CharmBase):
             mounted = sum(1 for _ in state.host.manager().list_all())
             logger.info("%d filesystems mounted", mounted)
 
-    def _on_stop(self, _: ops.EventBase) -> None:
+    def _on_stop(self, _: ops.StopEvent) -> None:
         """Remove the timer and wrapper; unmount filesystems, keeping their images."""
-        self.machine.remove()
+        self._release_machine(host_config=False)
+
+    def _on_remove(self, _: ops.RemoveEvent) -> None:
+        """As stop, and remove the host config file (it may hold the database login)."""
+        self._release_machine(host_config=True)
+
+    def _release_machine(self, *, host_config: bool) -> None:
+        """Best effort: log what could not be done, never fail the hook."""
+        self._stored.stopped = True
+        if self.machine.managed_by() not in (None, self.unit.name):
+            return  # another unit's files: not ours to remove
         try:
-            state = self._state()
-        except InvalidConfigError:
-            return
-        unmounted = state.host.manager().unmount_all()
-        logger.info("unmounted %d filesystems; images, archives and metrics are kept", unmounted)
+            manager = self._state().host.manager()
+            unmounted = manager.unmount_all()
+            logger.info("unmounted %d filesystems; images, archives and metrics stay", unmounted)
+        except (InvalidConfigError, MachineTakenError, RunnerFsError, OSError) as exc:
+            logger.warning("filesystems not unmounted: %s", exc)
+        self.machine.remove(host_config=host_config)
 
     def _on_reconcile(self, _: ReconcileEvent) -> None:
-        """Run one harvest pass (the timer's event)."""
+        """Run one harvest pass (the timer's event); nothing once the unit is stopping."""
+        if self._stored.stopped:
+            logger.info("reconcile skipped: this unit is stopping")
+            return
         try:
             counts = self._run_reconcile()
         except (InvalidConfigError, RunnerFsError) as exc:
@@ -129,24 +184,28 @@ class RunnerFsCharm(ops.CharmBase):
         logger.info("reconcile: %s", counts)
 
     def _run_reconcile(self, event: ops.ActionEvent | None = None) -> dict[str, int]:
-        """Converge (a pending move into PostgreSQL is retried), then harvest where it says."""
-        state = self._state_in_use()
-        self.machine.converge(state, self.unit.name, self.charm_dir)
-        reconciler = state.host.reconciler()
+        """Converge (a pending move into PostgreSQL is retried), then harvest where it says.
+
+        Raises:
+            InvalidConfigError: an option is invalid.
+            RunnerFsError: the pass could not run (recorded for status).
+        """
+        state = self._converge()
+        if state is None:
+            state = self._state_in_use()  # raises what stopped the converge
 
         def progress(done: int, total: int) -> None:
             if event and at_tenth(done, total):
                 event.log(f"{done}/{total} filesystems")
 
-        with reconciler.storage:
-            return reconciler.run(progress).as_dict()
+        return state.host.reconcile(progress).as_dict()
 
     # -- actions -------------------------------------------------------------------------
 
     def _on_list_action(self, event: ops.ActionEvent) -> None:
         try:
             state = self._state()
-        except InvalidConfigError as exc:
+        except (InvalidConfigError, MachineTakenError) as exc:
             event.fail(str(exc))
             return
         rows = list_filesystems(state.host.manager(), state.host.max_age)
@@ -188,9 +247,12 @@ class RunnerFsCharm(ops.CharmBase):
     # -- status --------------------------------------------------------------------------
 
     def _on_collect_unit_status(self, event: ops.CollectStatusEvent) -> None:
+        if self._stored.stopped:
+            event.add_status(ops.MaintenanceStatus("stopping"))
+            return
         try:
             state = self._state()
-        except InvalidConfigError as exc:
+        except (InvalidConfigError, MachineTakenError) as exc:
             event.add_status(ops.BlockedStatus(str(exc)))
             return
         if not host.LOOP_CONTROL.exists():
@@ -201,20 +263,42 @@ class RunnerFsCharm(ops.CharmBase):
                 )
             )
             return
-        if self.config.get("storage-backend") == "postgresql":
+        if self._converge_problem:
+            event.add_status(ops.BlockedStatus(f"{self._converge_problem:.200}"))
+            return
+        if state.config.storage_backend == "postgresql":
             waiting = self._database_status()
             if waiting:
                 event.add_status(waiting)
                 return
-        manager = state.host.manager()
-        filesystems = len(manager.runner_names())
-        quarantined = len(list(manager.quarantine_dir.glob("*.tar.gz")))
-        last = last_reconcile(manager)
-        when = last["ended"] if last else "not yet"
-        event.add_status(
-            ops.ActiveStatus(
-                f"filesystems: {filesystems}, quarantined: {quarantined}, last reconcile: {when}"
+        event.add_status(self._harvest_status(state))
+
+    def _harvest_status(self, state: CharmState) -> ops.StatusBase:
+        """Active while passes succeed; Blocked with the reason when the last failed or stalled.
+
+        The Active message changes only with the config: counts and times are in the `list`
+        action and `juju debug-log`.
+        """
+        last = last_reconcile(state.host.base_dir) or {}
+        if last.get("errors"):
+            return ops.BlockedStatus(
+                f"last harvest ({last.get('ended')}) failed: {last.get('problem')!s:.120};"
+                " see juju debug-log, it is retried every pass"
             )
+        interval = datetime.timedelta(minutes=state.reconcile_interval)
+        since = last.get("last_success")
+        if since is None and self.machine.timer_path.exists():
+            since = datetime.datetime.fromtimestamp(
+                self.machine.timer_path.stat().st_mtime, datetime.timezone.utc
+            ).isoformat()
+        now = datetime.datetime.now(datetime.timezone.utc)
+        if since and now - datetime.datetime.fromisoformat(since) > STALE_INTERVALS * interval:
+            return ops.BlockedStatus(
+                f"no harvest since {since}: is the timer running?"
+                " systemctl status runner-fs-reconcile.timer"
+            )
+        return ops.ActiveStatus(
+            f"harvesting every {state.reconcile_interval} min into {state.host.storage_backend}"
         )
 
     def _database_status(self) -> ops.StatusBase | None:
@@ -223,7 +307,7 @@ class RunnerFsCharm(ops.CharmBase):
             return ops.BlockedStatus(
                 "integrate with a postgresql charm: juju integrate runner-fs postgresql"
             )
-        if self.database.dsn() is None:
+        if self.database.login is None:
             return ops.WaitingStatus("waiting for database credentials from postgresql")
         try:
             rendered = load_config(self.machine.config_path).storage_backend

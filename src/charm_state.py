@@ -1,15 +1,14 @@
-"""The charm's settings: Juju config validated once, by the core's own rules."""
+"""The charm's settings: Juju config validated once."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from runner_fs.config import HostConfig, describe
+from runner_fs.config import DEFAULT_OWNER, HostConfig, describe
 
 MAX_INTERVAL = 1440  # minutes: a day
 
@@ -18,47 +17,76 @@ class InvalidConfigError(ValueError):
     """A config option has a bad value; the message names it, the value and the rule."""
 
 
+class CharmConfig(BaseModel):
+    """The Juju options (`self.load_config`), dashes read as underscores.
+
+    Options only the charm uses are validated here; those it hands to the host config file are
+    validated by the core's `HostConfig`, so a charm-only option never reaches core validation.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    filesystem_size: str = "1M"
+    reconcile_interval: int = Field(5, ge=1, le=MAX_INTERVAL, description="minutes")
+    max_runner_age: float = 24
+    retention_period: float = 2400
+    flavor: str = ""
+    storage_backend: Literal["sqlite", "postgresql"] = "sqlite"
+    filesystem_owner: str = DEFAULT_OWNER
+    rates: str = ""
+
+    def host_settings(self) -> dict[str, object]:
+        """Return the options the host config file takes, under its keys."""
+        options = self.model_dump(exclude={"reconcile_interval"})
+        return {key.replace("_", "-"): value for key, value in options.items()}
+
+
 @dataclasses.dataclass(frozen=True)
 class CharmState:
     """What the charm converges the machine to.
 
     Attributes:
+        config: the charm's validated options.
         host: the host config file's settings (the CLI and the core read the same).
-        reconcile_interval: minutes between two reconcile passes.
     """
 
+    config: CharmConfig
     host: HostConfig
-    reconcile_interval: int
+
+    @property
+    def reconcile_interval(self) -> int:
+        """Minutes between two reconcile passes."""
+        return self.config.reconcile_interval
 
     @classmethod
     def from_config(
         cls,
-        config: Mapping[str, Any],
+        config: CharmConfig,
         unit_name: str,
         base_dir: Path,
         database_dsn: str | None = None,
     ) -> CharmState:
-        """Validate the charm's options; `unit_name` and `base_dir` come from the machine.
+        """Map the charm's options onto the host config; the machine gives unit and base_dir.
 
         With `storage-backend=postgresql` but no `database_dsn` from the relation yet, harvests
         go on into the local SQLite file (moved into PostgreSQL once it is reachable).
 
         Raises:
-            InvalidConfigError: an option is invalid (named in the message with the fix).
+            InvalidConfigError: an option is invalid (named in the message with the rule).
         """
-        interval = config.get("reconcile-interval", 5)
-        if not isinstance(interval, int) or not 1 <= interval <= MAX_INTERVAL:
-            raise InvalidConfigError(
-                f"reconcile-interval={interval!r}: must be minutes from 1 to {MAX_INTERVAL}"
-            )
-        options = {key: value for key, value in config.items() if key != "reconcile-interval"}
-        if options.get("storage-backend") == "postgresql":
+        settings = config.host_settings()
+        if config.storage_backend == "postgresql":
             if database_dsn:
-                options["storage-options"] = {"dsn": database_dsn}
+                settings["storage-options"] = {"dsn": database_dsn}
             else:
-                options["storage-backend"] = "sqlite"
+                settings["storage-backend"] = "sqlite"
         try:
-            host = HostConfig.model_validate({**options, "unit": unit_name, "base-dir": base_dir})
+            host = HostConfig.model_validate({**settings, "unit": unit_name, "base-dir": base_dir})
         except ValidationError as exc:
             raise InvalidConfigError(f"invalid config: {describe(exc)}") from None
-        return cls(host=host, reconcile_interval=interval)
+        return cls(config=config, host=host)
+
+
+def option_error(exc: ValidationError) -> InvalidConfigError:
+    """Turn a `CharmConfig` validation error into one naming the Juju options."""
+    return InvalidConfigError(f"invalid config: {describe(exc, dashes=True)}")

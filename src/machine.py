@@ -1,38 +1,42 @@
 """The machine the charm converges: host config file, reconcile timer, command wrapper.
 
-No Juju here: paths and binaries are constants, systemctl is called with argument lists, and
-every file is written only when its content changes.
+No Juju here: paths are constants, systemd is driven through charmlibs-systemd (which logs
+systemctl's output and raises with its stderr), and every file is written only when its
+content changes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
-import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import jinja2
+from charmlibs import systemd
 
 from charm_state import CharmState
 from runner_fs.config import DEFAULT_PATH as CONFIG_PATH
+from runner_fs.config import ConfigError, load_config
 
 logger = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
-SYSTEMCTL = "/usr/bin/systemctl"
 JUJU_EXEC = "/usr/bin/juju-exec"
 SERVICE = "runner-fs-reconcile.service"
 TIMER = "runner-fs-reconcile.timer"
 SYSTEMD_DIR = Path("/etc/systemd/system")
 WRAPPER = Path("/usr/local/bin/runner-fs")
+DATABASE_CA = CONFIG_PATH.parent / "postgresql-ca.pem"
 BASE_DIR = Path("/var/lib/runner-fs")
 
 
 @dataclasses.dataclass
 class Machine:
-    """Files, units and systemctl under `root` (`/` in production; a directory in tests)."""
+    """Files and systemd units under `root` (`/` in production; a directory in tests)."""
 
     root: Path = Path("/")
 
@@ -49,11 +53,38 @@ class Machine:
         """The host config file the command line reads."""
         return self._path(CONFIG_PATH)
 
+    @property
+    def timer_path(self) -> Path:
+        """The reconcile timer's unit file (its age starts the clock of a stale harvest)."""
+        return self._path(SYSTEMD_DIR / TIMER)
+
+    @property
+    def database_ca_path(self) -> Path:
+        """The CA that verifies the PostgreSQL server, when the provider gives one."""
+        return self._path(DATABASE_CA)
+
+    def keep_database_ca(self, ca: str | None) -> None:
+        """Write the database's CA (0600), or remove it when there is none."""
+        if ca is None:
+            self.database_ca_path.unlink(missing_ok=True)
+        else:
+            _write_if_changed(self.database_ca_path, ca, 0o600)
+
+    def managed_by(self) -> str | None:
+        """Return the unit named in the host config file, if one was rendered here."""
+        try:
+            return load_config(self.config_path).unit if self.config_path.exists() else None
+        except ConfigError:
+            return None
+
     def converge(self, state: CharmState, unit_name: str, charm_dir: Path) -> list[Path]:
-        """Render every file from `state`; reload systemd when a unit changed.
+        """Render every file from `state`; the timer is left enabled and active every time.
 
         Returns:
             The files that changed.
+
+        Raises:
+            SystemdError: systemd refused (its stderr is in the message and the log).
         """
         env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(TEMPLATES),
@@ -95,21 +126,34 @@ class Machine:
         ]
         state.host.base_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
         if any(path.parent == SYSTEMD_DIR for path in changed):
-            self._systemctl("daemon-reload")
-            self._systemctl("enable", "--now", TIMER)
+            systemd.daemon_reload()
+        systemd.service_resume(TIMER)  # unmask, enable --now, then check it is active
         return changed
 
-    def remove(self) -> None:
-        """Stop and remove the timer and the wrapper (images, archives, database stay)."""
-        if self._path(SYSTEMD_DIR / TIMER).exists():
-            self._systemctl("disable", "--now", TIMER)
-        for path in (SYSTEMD_DIR / TIMER, SYSTEMD_DIR / SERVICE, WRAPPER):
-            self._path(path).unlink(missing_ok=True)
-        self._systemctl("daemon-reload")
+    def remove(self, *, host_config: bool) -> None:
+        """Stop and remove the timer and the wrapper, and the host config file if asked.
 
-    def _systemctl(self, *args: str) -> None:
-        systemctl = str(self._path(Path(SYSTEMCTL)))
-        subprocess.run([systemctl, *args], check=True, capture_output=True, text=True)
+        Images, archives and the database stay. Best effort: every step is tried, and what
+        could not be done is logged.
+        """
+        steps: list[tuple[str, Callable[[], object]]] = []
+        if self.timer_path.exists():
+            steps += [
+                (f"disable {TIMER}", lambda: systemd.service_disable("--now", TIMER)),
+                (f"stop {SERVICE}", lambda: systemd.service_stop(SERVICE)),
+            ]
+        removed = [SYSTEMD_DIR / TIMER, SYSTEMD_DIR / SERVICE, WRAPPER]
+        removed += [CONFIG_PATH, DATABASE_CA] if host_config else []
+        steps += [
+            (f"remove {path}", functools.partial(self._path(path).unlink, missing_ok=True))
+            for path in removed
+        ]
+        steps.append(("reload systemd", systemd.daemon_reload))
+        for what, step in steps:
+            try:
+                step()
+            except (systemd.SystemdError, OSError) as exc:
+                logger.warning("could not %s: %s", what, exc)
 
 
 def _write_if_changed(path: Path, content: str, mode: int) -> bool:

@@ -104,8 +104,7 @@ def _cmd_quarantine(args: argparse.Namespace) -> tuple[Any, str]:
 
 def _cmd_reconcile(args: argparse.Namespace) -> tuple[Any, str]:
     config: HostConfig = args.config
-    reconciler = config.reconciler(args.lock_timeout)
-    counts = reconciler.run(progress_printer("reconcile")).as_dict()
+    counts = config.reconcile(progress_printer("reconcile"), args.lock_timeout).as_dict()
     text = ", ".join(f"{key} {value}" for key, value in counts.items())
     if counts["errors"]:
         raise _PartialFailureError(counts, f"{text}: see the errors above")

@@ -13,9 +13,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from runner_fs.errors import StorageError
+from runner_fs.errors import RunnerFsError, StorageError
 from runner_fs.metrics.events import parse_rates
-from runner_fs.reconcile import RECONCILE_LOCK, Reconciler
+from runner_fs.reconcile import (
+    RECONCILE_LOCK,
+    Progress,
+    Reconciler,
+    ReconcileResult,
+    record_reconcile,
+)
 from runner_fs.shared_fs import SharedFilesystemManager, parse_size, resolve_owner
 from runner_fs.storage import BaseStorage, get_storage
 from runner_fs.storage.sql import SQLStorage
@@ -162,6 +168,24 @@ class HostConfig(BaseModel):
             lock_timeout=lock_timeout,
         )
 
+    def reconcile(
+        self, progress: Progress | None = None, lock_timeout: float = 60.0
+    ) -> ReconcileResult:
+        """Run one harvest pass; a pass that cannot start is recorded as failed too.
+
+        Raises:
+            StorageError: the storage backend cannot start.
+            LockTimeoutError: another pass held the lock for the whole wait.
+        """
+        try:
+            reconciler = self.reconciler(lock_timeout)
+            with reconciler.storage:
+                return reconciler.run(progress)
+        except RunnerFsError as exc:
+            if self.base_dir.is_dir():
+                record_reconcile(self.base_dir, ReconcileResult(errors=1, problem=str(exc)))
+            raise
+
 
 def load_config(path: Path | None = None) -> HostConfig:
     """Load the config file: `path`, else `$RUNNER_FS_CONFIG`, else the default path.
@@ -190,11 +214,16 @@ def load_config(path: Path | None = None) -> HostConfig:
         raise ConfigError(f"invalid config file {source}: {describe(exc)}") from None
 
 
-def describe(exc: ValidationError) -> str:
-    """Say which keys are wrong, with what value, and the rule, in one line."""
+def describe(exc: ValidationError, dashes: bool = False) -> str:
+    """Say which keys are wrong, with what value, and the rule, in one line.
+
+    With `dashes`, field names are shown as the options they come from (`max_runner_age` as
+    `max-runner-age`).
+    """
     problems = []
     for error in exc.errors():
         key = ".".join(map(str, error["loc"])) or "file"
+        key = key.replace("_", "-") if dashes else key
         value = f"={error['input']!r:.60}" if error["type"] != "extra_forbidden" else ""
         problems.append(f"{key}{value}: {error['msg'].removeprefix('Value error, ')}")
     return "; ".join(problems)

@@ -32,17 +32,30 @@ Progress = Callable[[int, int], None]
 
 @dataclasses.dataclass
 class ReconcileResult:
-    """What one pass did; `errors` counts problems, each logged once."""
+    """What one pass did; `errors` counts problems, each logged once; `problem` is the first."""
 
     harvested: int = 0
     quarantined: int = 0
     skipped: int = 0
     datapoints: int = 0
     errors: int = 0
+    problem: str | None = None
 
     def as_dict(self) -> dict[str, int]:
         """Return the counts by name."""
-        return dataclasses.asdict(self)
+        return {
+            "harvested": self.harvested,
+            "quarantined": self.quarantined,
+            "skipped": self.skipped,
+            "datapoints": self.datapoints,
+            "errors": self.errors,
+        }
+
+    def fail(self, message: str) -> None:
+        """Log one problem and count it."""
+        logger.error("%s", message)
+        self.errors += 1
+        self.problem = self.problem or message
 
 
 def filesystem_state(
@@ -84,13 +97,29 @@ def list_filesystems(
     ]
 
 
-def last_reconcile(manager: SharedFilesystemManager) -> dict[str, Any] | None:
-    """Return when the last pass ended and its counts, or None before the first."""
+def last_reconcile(base_dir: Path) -> dict[str, Any] | None:
+    """Return the last pass's record, or None before the first.
+
+    Keys: `ended` (ISO 8601 UTC), the counts, `problem` (the first error, or None) and
+    `last_success` (when a pass last ended without an error, or None).
+    """
     try:
-        data = json.loads((manager.base_dir / LAST_RECONCILE_FILE).read_text(encoding="utf-8"))
+        data = json.loads((base_dir / LAST_RECONCILE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def record_reconcile(base_dir: Path, result: ReconcileResult) -> None:
+    """Keep what the last pass (or a pass that could not start) did, for status and metrics."""
+    ended = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    previous = last_reconcile(base_dir) or {}
+    success = ended if not result.errors else previous.get("last_success")
+    record = {"ended": ended, **result.as_dict(), "problem": result.problem}
+    path = base_dir / LAST_RECONCILE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record | {"last_success": success}), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _exists(path: Path) -> bool:
@@ -140,8 +169,7 @@ class Reconciler:
                 if state == "running":
                     result.skipped += 1
                 elif state == "broken" or record is None:
-                    logger.error("runner %s: broken (%s)", info.runner, info.broken)
-                    result.errors += 1
+                    result.fail(f"runner {info.runner}: broken ({info.broken})")
                     self._quarantine(info.runner, result)
                 else:
                     storage_ok = self._harvest(info.path, record, state, storage_ok, result)
@@ -149,7 +177,7 @@ class Reconciler:
                     progress(done, len(infos))
             if storage_ok:
                 self._apply_retention(now, result)
-            self._record(result)
+            record_reconcile(self.manager.base_dir, result)
         logger.info("reconcile: %s", result.as_dict())
         return result
 
@@ -179,8 +207,7 @@ class Reconciler:
         try:
             stored = self.storage.push_once(key, frames) if frames else False
         except StorageError as exc:
-            logger.error("storage failed; filesystems wait for the next pass: %s", exc)
-            result.errors += 1
+            result.fail(f"storage failed; filesystems wait for the next pass: {exc}")
             result.skipped += 1
             return False
         if stored:
@@ -188,8 +215,7 @@ class Reconciler:
         try:
             self.manager.delete(name)
         except (MetricsStorageError, OSError) as exc:
-            logger.error("runner %s: harvested but not deleted: %s", name, exc)
-            result.errors += 1
+            result.fail(f"runner {name}: harvested but not deleted: {exc}")
             return True
         result.harvested += 1
         logger.info(
@@ -197,20 +223,11 @@ class Reconciler:
         )
         return True
 
-    def _record(self, result: ReconcileResult) -> None:
-        """Keep when this pass ended and what it did, for status lines."""
-        path = self.manager.base_dir / LAST_RECONCILE_FILE
-        ended = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"ended": ended, **result.as_dict()}), encoding="utf-8")
-        os.replace(tmp, path)
-
     def _quarantine(self, name: str, result: ReconcileResult) -> None:
         try:
             self.manager.move_to_quarantine(name)  # logs where the archive is
         except (MetricsStorageError, OSError) as exc:
-            logger.error("runner %s: cannot quarantine: %s", name, exc)
-            result.errors += 1
+            result.fail(f"runner {name}: cannot quarantine: {exc}")
             return
         result.quarantined += 1
 
@@ -220,5 +237,4 @@ class Reconciler:
         try:
             self.storage.delete(end=now - self.retention)
         except StorageError as exc:
-            logger.error("retention: cannot delete old datapoints: %s", exc)
-            result.errors += 1
+            result.fail(f"retention: cannot delete old datapoints: {exc}")

@@ -595,14 +595,22 @@ class SharedFilesystemManager:
     def unmount_all(self) -> int:
         """Unmount every filesystem, keeping images and records (before a stop or removal).
 
+        Best effort: one that cannot be unmounted (its lock held, a process still inside
+        after the lazy detach) is logged and the others are still unmounted.
+
         Returns:
             How many were unmounted.
         """
-        names = sorted(host.mounts_under(self.mounts_dir))
-        for name in names:
-            with self._runner_lock(name, GetMetricsStorageError):
-                self._unmount(name)
-        return len(names)
+        unmounted = 0
+        for name in sorted(host.mounts_under(self.mounts_dir)):
+            try:
+                with self._runner_lock(name, GetMetricsStorageError):
+                    self._unmount(name)
+            except (MetricsStorageError, OSError) as exc:
+                logger.warning("runner %s: not unmounted: %s", name, exc)
+                continue
+            unmounted += 1
+        return unmounted
 
     def _unmount(self, name: str) -> None:
         """Unmount a runner's filesystem and make sure no loop device still holds its image.

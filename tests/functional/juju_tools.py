@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """A stand-in for Juju's hook tools: `juju_tools.py TOOL ARGS...`, behind one shim per tool.
 
-It answers from the JSON file `$FAKE_JUJU_STATE` (`config`, `params`) and appends every call
-to `$FAKE_JUJU_LOG` as a JSON line `[tool, args]`.
+It answers from the JSON file `$FAKE_JUJU_STATE`: `config`, `params` (of the action),
+`relations` (`{endpoint: {"id", "app", "units", "app_data", "local_app_data"}}`) and `secrets`
+(`{id: content}`); `relation-set` writes the local application's data back into it. Every
+call is appended to `$FAKE_JUJU_LOG` as a JSON line `[tool, args]`.
 """
 
 import json
@@ -10,31 +12,68 @@ import os
 import sys
 from pathlib import Path
 
+import yaml
+
 TOOLS = (
     "config-get", "is-leader", "status-set", "status-get", "juju-log", "action-get",
     "action-set", "action-log", "action-fail", "application-version-set", "goal-state",
-    "relation-ids",
+    "relation-ids", "relation-list", "relation-get", "relation-set", "secret-get",
 )  # fmt: skip
+
+
+def _relation(state: dict, args: list[str]) -> dict:
+    """Return the relation named by `-r endpoint:id` or `-r id`."""
+    ref = args[args.index("-r") + 1]
+    number = int(ref.rpartition(":")[2])
+    return next(rel for rel in state.get("relations", {}).values() if rel["id"] == number)
+
+
+def answer(tool: str, args: list[str], state: dict, stdin: str) -> object:  # noqa: PLR0911
+    """Return what the tool prints as JSON (None: nothing); may change `state`."""
+    relations = state.get("relations", {})
+    if tool == "config-get":
+        return state["config"]
+    if tool == "is-leader":
+        return True
+    if tool == "action-get":
+        return state.get("params", {})
+    if tool == "status-get":
+        return {"status": "unknown", "message": ""}
+    if tool == "goal-state":
+        return {"units": {}, "relations": {}}
+    if tool == "relation-ids":
+        endpoint = args[0]
+        return [f"{endpoint}:{relations[endpoint]['id']}"] if endpoint in relations else []
+    if tool == "relation-list":
+        relation = _relation(state, args)
+        return relation["app"] if "--app" in args else relation["units"]
+    if tool == "relation-get":
+        relation, member = _relation(state, args), args[-1]
+        if "--app" not in args:
+            return {}
+        return relation["app_data"] if member == relation["app"] else relation["local_app_data"]
+    if tool == "relation-set":
+        _relation(state, args)["local_app_data"].update(yaml.safe_load(stdin) or {})
+        return None
+    if tool == "secret-get":
+        (secret_id,) = (arg for arg in args if not arg.startswith("--"))
+        return state["secrets"][secret_id]
+    return None
 
 
 def main() -> None:
     """Answer one hook tool call."""
     tool, args = sys.argv[1], sys.argv[2:]
-    state = json.loads(Path(os.environ["FAKE_JUJU_STATE"]).read_text())
+    path = Path(os.environ["FAKE_JUJU_STATE"])
+    state = json.loads(path.read_text())
+    stdin = sys.stdin.read() if "--file" in args else ""
     with open(os.environ["FAKE_JUJU_LOG"], "a", encoding="utf-8") as log:
         log.write(json.dumps([tool, args]) + "\n")
-    if tool == "config-get":
-        print(json.dumps(state["config"]))
-    elif tool == "is-leader":
-        print(json.dumps(True))
-    elif tool == "action-get":
-        print(json.dumps(state.get("params", {})))
-    elif tool == "status-get":
-        print(json.dumps({"status": "unknown", "message": ""}))
-    elif tool == "relation-ids":
-        print(json.dumps([]))  # no relations
-    elif tool == "goal-state":
-        print(json.dumps({"units": {}, "relations": {}}))
+    result = answer(tool, args, state, stdin)
+    if tool == "relation-set":
+        path.write_text(json.dumps(state))
+    if result is not None:
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":

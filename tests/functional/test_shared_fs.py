@@ -4,24 +4,22 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import stat
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
 
 from runner_fs import host
+from runner_fs.config import HostConfig
 from runner_fs.errors import (
     CreateMetricsStorageError,
     DeleteMetricsStorageError,
     GetMetricsStorageError,
     QuarantineMetricsStorageError,
 )
-from runner_fs.config import HostConfig
 from runner_fs.shared_fs import SharedFilesystemManager
 
 from .conftest import OWNER, bound_images, kill_after_lines

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import re
 import stat
 from pathlib import Path
@@ -22,12 +23,20 @@ UNIT_NAME = "runner-fs/0"
 
 @pytest.fixture
 def root(tmp_path, monkeypatch):
-    """Return a machine root whose systemctl only records its arguments."""
+    """Return a machine root, with a `systemctl` first on PATH that records its arguments.
+
+    It fails with a message on stderr, as systemctl does, while `systemctl.fail` exists.
+    """
     monkeypatch.setattr(charm, "HOST_ROOT", tmp_path)
     systemctl = tmp_path / "usr/bin/systemctl"
     systemctl.parent.mkdir(parents=True)
-    systemctl.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/systemctl.log\n')
+    systemctl.write_text(
+        f'#!/bin/sh\necho "$@" >> {tmp_path}/systemctl.log\n'
+        f"if [ -e {tmp_path}/systemctl.fail ]; then\n"
+        f'  echo "Failed to enable unit: Access denied" >&2; exit 1\nfi\n'
+    )
     systemctl.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{systemctl.parent}:{os.environ['PATH']}")
     return tmp_path
 
 
@@ -62,27 +71,49 @@ def test_install_renders_config_timer_and_wrapper(ctx, root):
     wrapper = root / "usr/local/bin/runner-fs"
     assert wrapper.stat().st_mode & 0o111
     assert f'RUNNER_FS_CONFIG="{root}/etc/runner-fs/config.yaml"' in wrapper.read_text()
-    assert systemctl_calls(root) == ["daemon-reload", "enable --now runner-fs-reconcile.timer"]
+    assert systemctl_calls(root) == ["daemon-reload", *RESUME_TIMER]
 
 
-def test_converging_again_writes_nothing_and_reloads_nothing(ctx, root):
+RESUME_TIMER = [
+    "unmask runner-fs-reconcile.timer",
+    "enable --now runner-fs-reconcile.timer",
+    "--quiet is-active runner-fs-reconcile.timer",
+]
+
+
+def test_converging_again_writes_nothing_but_keeps_the_timer_enabled_and_active(ctx, root):
     state = testing.State(config=VALID)
     ctx.run(ctx.on.install(), state)
     before = (root / "etc/runner-fs/config.yaml").stat().st_mtime_ns
 
-    ctx.run(ctx.on.config_changed(), state)
-    ctx.run(ctx.on.upgrade_charm(), state)
+    ctx.run(ctx.on.config_changed(), state)  # a timer disabled by hand is enabled again
+    ctx.run(ctx.on.update_status(), state)
 
     assert (root / "etc/runner-fs/config.yaml").stat().st_mtime_ns == before
-    assert len(systemctl_calls(root)) == 2
+    assert systemctl_calls(root) == ["daemon-reload", *RESUME_TIMER * 3]
 
 
-def test_a_valid_config_is_active_with_counts(ctx, root):
+def test_a_failing_systemctl_blocks_with_its_stderr_and_is_retried(ctx, root):
+    (root / "systemctl.fail").touch()
+
+    out = ctx.run(ctx.on.install(), testing.State(config=VALID))
+
+    assert isinstance(out.unit_status, testing.BlockedStatus)
+    assert "reconcile timer could not be started" in out.unit_status.message
+    assert any("Access denied" in line.message for line in ctx.juju_log)
+    (root / "systemctl.fail").unlink()
+    out = ctx.run(ctx.on.update_status(), out)
+    assert out.unit_status == ACTIVE
+
+
+ACTIVE = testing.ActiveStatus("harvesting every 5 min into sqlite")
+
+
+def test_a_valid_config_is_active_with_a_stable_message(ctx, root):
     out = ctx.run(ctx.on.config_changed(), testing.State(config=VALID))
+    out = ctx.run(ctx.on.action("reconcile"), out)
 
-    assert out.unit_status == testing.ActiveStatus(
-        "filesystems: 0, quarantined: 0, last reconcile: not yet"
-    )
+    assert out.unit_status == ACTIVE
 
 
 @pytest.mark.parametrize(
@@ -91,8 +122,16 @@ def test_a_valid_config_is_active_with_counts(ctx, root):
         ("filesystem-size", "10T", "filesystem-size='10T'"),
         ("filesystem-size", "64K", "filesystem-size='64K'"),
         ("filesystem-size", "lots", "filesystem-size='lots'"),
-        ("reconcile-interval", 0, "reconcile-interval=0: must be minutes from 1 to 1440"),
-        ("reconcile-interval", 5000, "reconcile-interval=5000"),
+        (
+            "reconcile-interval",
+            0,
+            "reconcile-interval=0: Input should be greater than or equal to 1",
+        ),
+        (
+            "reconcile-interval",
+            5000,
+            "reconcile-interval=5000: Input should be less than or equal to 1440",
+        ),
         ("max-runner-age", 0.0, "max-runner-age=0.0: Input should be greater than 0"),
         ("max-runner-age", -3.0, "max-runner-age=-3.0"),
         ("retention-period", 0.0, "retention-period=0.0"),
@@ -129,10 +168,12 @@ def test_stop_removes_timer_and_wrapper_but_keeps_data(ctx, root):
     assert not (root / "etc/systemd/system/runner-fs-reconcile.timer").exists()
     assert not (root / "usr/local/bin/runner-fs").exists()
     assert (root / "var/lib/runner-fs/metrics.db").read_text() == "kept"
-    assert systemctl_calls(root)[-2:] == [
+    assert systemctl_calls(root)[-3:] == [
         "disable --now runner-fs-reconcile.timer",
+        "stop runner-fs-reconcile.service",
         "daemon-reload",
     ]
+    assert (root / "etc/runner-fs/config.yaml").exists()  # until remove
 
 
 def test_list_action_returns_filesystems_and_counts(ctx, root):
@@ -152,13 +193,12 @@ def test_quarantine_action_fails_clearly(ctx, root, runner, message):
         )
 
 
-def test_reconcile_action_returns_the_counts_and_status_shows_it(ctx, root):
-    out = ctx.run(ctx.on.action("reconcile"), testing.State(config=VALID))
+def test_reconcile_action_returns_the_counts(ctx, root):
+    ctx.run(ctx.on.action("reconcile"), testing.State(config=VALID))
 
     assert ctx.action_results == {
         "harvested": 0, "quarantined": 0, "skipped": 0, "datapoints": 0, "errors": 0
     }  # fmt: skip
-    assert "last reconcile: 20" in out.unit_status.message
 
 
 def test_report_action_returns_rows(ctx, root):
@@ -223,13 +263,89 @@ def test_upgrade_charm_initialises_the_storage_schema(ctx, root):
     )
 
 
-def test_remove_takes_the_timer_away(ctx, root):
+def test_remove_takes_the_timer_and_the_host_config_away(ctx, root):
     state = testing.State(config=VALID)
     ctx.run(ctx.on.install(), state)
 
     ctx.run(ctx.on.remove(), state)
 
     assert not (root / "etc/systemd/system/runner-fs-reconcile.service").exists()
+    assert not (root / "etc/runner-fs/config.yaml").exists()
+
+
+def test_stop_and_remove_never_fail_even_when_systemd_does(ctx, root):
+    state = testing.State(config=VALID)
+    ctx.run(ctx.on.install(), state)
+    (root / "systemctl.fail").touch()
+
+    out = ctx.run(ctx.on.stop(), state)
+    ctx.run(ctx.on.remove(), out)
+
+    assert not (root / "etc/runner-fs/config.yaml").exists()
+    assert any("could not disable" in line.message for line in ctx.juju_log)
+
+
+def test_a_second_unit_on_the_machine_is_blocked_naming_the_first(ctx, root):
+    state = testing.State(config=VALID)
+    ctx.run(ctx.on.install(), state)
+    second = testing.Context(charm.RunnerFsCharm, app_name="runner-fs", unit_id=1)
+    rendered = (root / "etc/runner-fs/config.yaml").read_text()
+
+    out = second.run(second.on.install(), state)
+    second.run(second.on.remove(), out)
+
+    assert out.unit_status == testing.BlockedStatus(
+        f"runner-fs/0 already manages runner filesystems on this machine"
+        f" ({root}/etc/runner-fs/config.yaml): remove this unit (runner-fs/1)"
+    )
+    assert (root / "etc/runner-fs/config.yaml").read_text() == rendered  # untouched
+    assert (root / "etc/systemd/system/runner-fs-reconcile.timer").exists()
+
+
+def _last_pass(root, **record) -> None:
+    base = root / "var/lib/runner-fs"
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "last-reconcile.json").write_text(json.dumps(record))
+
+
+def test_a_failed_last_pass_shows_in_status_with_its_reason(ctx, root):
+    _last_pass(root, ended="2026-11-30T10:00:00+00:00", errors=1,
+               problem="storage failed; filesystems wait for the next pass: disk I/O error",
+               last_success=None)  # fmt: skip
+
+    out = ctx.run(ctx.on.update_status(), testing.State(config=VALID))
+
+    assert isinstance(out.unit_status, testing.BlockedStatus)
+    assert "last harvest (2026-11-30T10:00:00+00:00) failed: storage failed" in (
+        out.unit_status.message
+    )
+
+
+def test_a_storage_that_cannot_open_is_recorded_as_a_failed_pass(ctx, root):
+    database = root / "var/lib/runner-fs/metrics.db"
+    database.mkdir(parents=True)  # a directory where the file should be
+
+    out = ctx.run(ctx.on.update_status(), testing.State(config=VALID))
+    with pytest.raises(testing.ActionFailed):
+        ctx.run(ctx.on.action("reconcile"), out)
+    out = ctx.run(ctx.on.update_status(), out)
+
+    assert "failed: " in out.unit_status.message
+
+
+def test_no_pass_for_three_intervals_shows_in_status(ctx, root):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    _last_pass(root, ended=(now - datetime.timedelta(minutes=16)).isoformat(), errors=0,
+               last_success=(now - datetime.timedelta(minutes=16)).isoformat())  # fmt: skip
+
+    stale = ctx.run(ctx.on.update_status(), testing.State(config=VALID))
+    fresh = ctx.run(
+        ctx.on.update_status(), testing.State(config={**VALID, "reconcile-interval": 6})
+    )
+
+    assert isinstance(stale.unit_status, testing.BlockedStatus)
+    assert "no harvest since" in stale.unit_status.message
+    assert fresh.unit_status.name == "active"
 
 
 # -- the database relation (a real PostgreSQL server behind it) -------------------------------
@@ -273,7 +389,7 @@ def test_the_leader_asks_for_a_database_and_waits_for_credentials(ctx, root):
 
     assert out.get_relation(relation.id).local_app_data == {
         "database": "runner_fs",
-        "requested-secrets": '["username", "password"]',
+        "requested-secrets": '["username", "password", "uris", "tls", "tls-ca"]',
     }
     assert out.unit_status == testing.WaitingStatus(
         "waiting for database credentials from postgresql"

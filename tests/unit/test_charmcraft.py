@@ -1,4 +1,4 @@
-"""charmcraft.yaml against charmcraft's own model and the design's contract; rendered units."""
+"""charmcraft.yaml against the design's contract; rendered units (packing: test_packed_charm)."""
 
 from __future__ import annotations
 
@@ -11,28 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from charm_state import CharmState
+from charm_state import CharmConfig, CharmState
 from machine import SERVICE, SYSTEMD_DIR, TIMER, Machine
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = yaml.safe_load((REPO / "charmcraft.yaml").read_text())
-REQUIRED = os.environ.get("RUNNER_FS_REQUIRE_FUNCTIONAL") == "1"
-
-
-# charmcraft warns about its own deprecated `charmhub` default, which this project does not set
-@pytest.mark.filterwarnings("ignore:The 'charmhub' field is deprecated:DeprecationWarning")
-def test_charmcraft_accepts_the_project():
-    try:
-        from charmcraft.models.project import CharmcraftProject
-    except ImportError:
-        if REQUIRED:
-            raise
-        pytest.skip("charmcraft is not installed: pip install -e '.[charmcraft]'")
-
-    project = CharmcraftProject.unmarshal(PROJECT)
-
-    assert project.name == "runner-fs"
-    assert set(project.platforms) == {"ubuntu@24.04:amd64", "ubuntu@22.04:amd64"}
 
 
 def test_config_options_are_the_contract():
@@ -54,7 +37,8 @@ def test_the_defaults_are_a_valid_config(tmp_path):
     defaults = {name: o["default"] for name, o in PROJECT["config"]["options"].items()}
     defaults["filesystem-owner"] = "root:root"  # this host may have no ubuntu user
 
-    state = CharmState.from_config(defaults, "runner-fs/0", tmp_path)
+    config = CharmConfig(**{name.replace("-", "_"): value for name, value in defaults.items()})
+    state = CharmState.from_config(config, "runner-fs/0", tmp_path)
 
     assert state.reconcile_interval == 5
 
@@ -78,13 +62,15 @@ def test_the_reference_page_is_generated_from_charmcraft_yaml():
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
-def test_rendered_units_pass_systemd_analyze_verify(tmp_path):
+def test_rendered_units_pass_systemd_analyze_verify(tmp_path, monkeypatch):
     systemctl = tmp_path / "usr/bin/systemctl"
     systemctl.parent.mkdir(parents=True)
     systemctl.write_text("#!/bin/sh\n")
     systemctl.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{systemctl.parent}:{os.environ['PATH']}")
     machine = Machine(tmp_path)
-    state = CharmState.from_config({"filesystem-owner": "root"}, "runner-fs/0", machine.base_dir)
+    config = CharmConfig(filesystem_owner="root")
+    state = CharmState.from_config(config, "runner-fs/0", machine.base_dir)
     machine.converge(state, "runner-fs/0", tmp_path / "charm")
     units = tmp_path / SYSTEMD_DIR.relative_to("/")
 

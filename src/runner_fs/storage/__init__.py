@@ -125,7 +125,9 @@ def backend_class(name: str) -> type[BaseStorage]:
         return builtin
     found = entry_points(group=ENTRY_POINT_GROUP, name=name)
     if not found:
-        names = sorted({*BUILTIN_BACKENDS, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))})
+        names = sorted(
+            {*BUILTIN_BACKENDS, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))}
+        )
         raise StorageError(f"unknown storage backend {name!r:.40}: available are {names}")
     loaded: type[BaseStorage] = next(iter(found)).load()
     return loaded
