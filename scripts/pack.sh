@@ -36,8 +36,7 @@ fi
 # charmcraft's parts engine imports Debian's python3-apt: a venv on the system Python that
 # sees its site packages; PyPI's pyOpenSSL, since Debian's clashes with PyPI's cryptography.
 if ! "$tools/bin/charmcraft" version 2>/dev/null | grep -qx "charmcraft $charmcraft_version"; then
-  python3_apt_ok() { /usr/bin/python3 -c 'import apt_pkg' 2>/dev/null; }
-  if ! python3_apt_ok; then
+  if ! /usr/bin/python3 -c 'import apt_pkg, venv, ensurepip' 2>/dev/null; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-apt python3-venv
   fi

@@ -4,7 +4,7 @@
 # absence a failure instead of a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh test
 export PATH="$PWD/.venv/bin:$PATH"
 
 ruff format --check src tests bench

@@ -7,25 +7,27 @@ import collections
 import datetime
 import json
 import logging
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import ops
 from charmlibs.systemd import SystemdError
 from pydantic import ValidationError
 
+import nagios
 from charm_state import CharmConfig, CharmState, InvalidConfigError, option_error
 from database import DatabaseRequirer
 from machine import Machine
-from runner_fs import archive, host
+from runner_fs import archive, health, host
 from runner_fs.config import ConfigError, load_config
 from runner_fs.errors import RunnerFsError
-from runner_fs.reconcile import at_tenth, last_reconcile, list_filesystems
+from runner_fs.reconcile import at_tenth, list_filesystems
 from runner_fs.report import parse_instant, parse_list, report
 
 logger = logging.getLogger(__name__)
 
 HOST_ROOT = Path("/")  # where the machine's files live; tests point it at a directory
-STALE_INTERVALS = 3  # passes missed before status says harvesting has stalled
 
 
 class ReconcileEvent(ops.EventBase):
@@ -60,6 +62,9 @@ class RunnerFsCharm(ops.CharmBase):
             self.on.install, self.on.config_changed, self.on.upgrade_charm, self.on.secret_changed,
             self.on.update_status, database.relation_changed, database.relation_broken,
         ):  # fmt: skip
+            framework.observe(event, self._on_converge)
+        nrpe = self.on[nagios.RELATION]
+        for event in (nrpe.relation_joined, nrpe.relation_changed, nrpe.relation_broken):
             framework.observe(event, self._on_converge)
         framework.observe(self.on.start, self._on_start)
         framework.observe(self.on.stop, self._on_stop)
@@ -125,7 +130,7 @@ class RunnerFsCharm(ops.CharmBase):
             return None
         try:
             state = self._state_in_use()
-            self.machine.converge(state, self.unit.name, self.charm_dir)
+            self.machine.converge(state, self.unit.name, self.charm_dir, nagios=self._nrpe_related)
         except (InvalidConfigError, MachineTakenError) as exc:
             logger.warning("not converging: %s", exc)
             return None
@@ -142,6 +147,28 @@ class RunnerFsCharm(ops.CharmBase):
                 state.host.storage().close()
             except RunnerFsError as exc:
                 logger.error("storage not upgraded now, the next pass will: %s", exc)
+        nrpe_event = (
+            isinstance(event, ops.RelationEvent) and event.relation.name == nagios.RELATION
+        )
+        if isinstance(event, ops.RelationBrokenEvent) and nrpe_event:
+            self._nrpe(nagios.remove_checks)
+        elif (
+            state
+            and self._nrpe_related
+            and (nrpe_event or isinstance(event, (ops.ConfigChangedEvent, ops.UpgradeCharmEvent)))
+        ):
+            self._nrpe(lambda: nagios.write_checks(state.reconcile_interval))
+
+    @property
+    def _nrpe_related(self) -> bool:
+        return bool(self.model.relations[nagios.RELATION])
+
+    def _nrpe(self, change: Callable[[], None]) -> None:
+        """Write or remove the NRPE checks; a failure is logged, never fails the hook."""
+        try:
+            change()
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+            logger.error("NRPE checks not updated: %s", exc)
 
     def _on_start(self, _: ops.StartEvent) -> None:
         """Converge, then mount every filesystem again (a reboot unmounted them)."""
@@ -279,24 +306,11 @@ class RunnerFsCharm(ops.CharmBase):
         The Active message changes only with the config: counts and times are in the `list`
         action and `juju debug-log`.
         """
-        last = last_reconcile(state.host.base_dir) or {}
-        if last.get("errors"):
-            return ops.BlockedStatus(
-                f"last harvest ({last.get('ended')}) failed: {last.get('problem')!s:.120};"
-                " see juju debug-log, it is retried every pass"
-            )
         interval = datetime.timedelta(minutes=state.reconcile_interval)
-        since = last.get("last_success")
-        if since is None and self.machine.timer_path.exists():
-            since = datetime.datetime.fromtimestamp(
-                self.machine.timer_path.stat().st_mtime, datetime.timezone.utc
-            ).isoformat()
-        now = datetime.datetime.now(datetime.timezone.utc)
-        if since and now - datetime.datetime.fromisoformat(since) > STALE_INTERVALS * interval:
-            return ops.BlockedStatus(
-                f"no harvest since {since}: is the timer running?"
-                " systemctl status runner-fs-reconcile.timer"
-            )
+        base_dir = state.host.base_dir
+        for finding in (health.last_pass(base_dir), health.freshness(base_dir, interval)):
+            if finding.code != health.OK:
+                return ops.BlockedStatus(f"{finding.message} (see juju debug-log)")
         return ops.ActiveStatus(
             f"harvesting every {state.reconcile_interval} min into {state.host.storage_backend}"
         )

@@ -34,10 +34,13 @@ class CharmConfig(BaseModel):
     storage_backend: Literal["sqlite", "postgresql"] = "sqlite"
     filesystem_owner: str = DEFAULT_OWNER
     rates: str = ""
+    nagios_context: str = "juju"  # read by charmhelpers' NRPE support
+    nagios_servicegroups: str = ""
 
     def host_settings(self) -> dict[str, object]:
         """Return the options the host config file takes, under its keys."""
-        options = self.model_dump(exclude={"reconcile_interval"})
+        charm_only = {"reconcile_interval", "nagios_context", "nagios_servicegroups"}
+        options = self.model_dump(exclude=charm_only)
         return {key.replace("_", "-"): value for key, value in options.items()}
 
 

@@ -19,8 +19,9 @@ import jinja2
 from charmlibs import systemd
 
 from charm_state import CharmState
+from runner_fs.config import DEFAULT_BASE_DIR, ConfigError, load_config
 from runner_fs.config import DEFAULT_PATH as CONFIG_PATH
-from runner_fs.config import ConfigError, load_config
+from runner_fs.reconcile import start_harvest_clock
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ TIMER = "runner-fs-reconcile.timer"
 SYSTEMD_DIR = Path("/etc/systemd/system")
 WRAPPER = Path("/usr/local/bin/runner-fs")
 DATABASE_CA = CONFIG_PATH.parent / "postgresql-ca.pem"
-BASE_DIR = Path("/var/lib/runner-fs")
+NAGIOS_PLUGIN = Path("/usr/local/lib/nagios/plugins/check_runner_fs")
 
 
 @dataclasses.dataclass
@@ -46,7 +47,7 @@ class Machine:
     @property
     def base_dir(self) -> Path:
         """Where filesystems, archives and the SQLite database live."""
-        return self._path(BASE_DIR)
+        return self._path(DEFAULT_BASE_DIR)
 
     @property
     def config_path(self) -> Path:
@@ -55,7 +56,7 @@ class Machine:
 
     @property
     def timer_path(self) -> Path:
-        """The reconcile timer's unit file (its age starts the clock of a stale harvest)."""
+        """The reconcile timer's unit file."""
         return self._path(SYSTEMD_DIR / TIMER)
 
     @property
@@ -77,8 +78,12 @@ class Machine:
         except ConfigError:
             return None
 
-    def converge(self, state: CharmState, unit_name: str, charm_dir: Path) -> list[Path]:
+    def converge(
+        self, state: CharmState, unit_name: str, charm_dir: Path, nagios: bool = False
+    ) -> list[Path]:
         """Render every file from `state`; the timer is left enabled and active every time.
+
+        With `nagios`, the NRPE plugin `check_runner_fs` is installed too (else removed).
 
         Returns:
             The files that changed.
@@ -117,6 +122,10 @@ class Machine:
                 0o755,
             ),
         }
+        if nagios:
+            files[NAGIOS_PLUGIN] = ("check_runner_fs.j2", {"wrapper": WRAPPER}, 0o755)
+        else:
+            self._path(NAGIOS_PLUGIN).unlink(missing_ok=True)
         changed = [
             path
             for path, (template, context, mode) in files.items()
@@ -125,6 +134,7 @@ class Machine:
             )
         ]
         state.host.base_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        start_harvest_clock(state.host.base_dir)
         if any(path.parent == SYSTEMD_DIR for path in changed):
             systemd.daemon_reload()
         systemd.service_resume(TIMER)  # unmask, enable --now, then check it is active
@@ -142,7 +152,7 @@ class Machine:
                 (f"disable {TIMER}", lambda: systemd.service_disable("--now", TIMER)),
                 (f"stop {SERVICE}", lambda: systemd.service_stop(SERVICE)),
             ]
-        removed = [SYSTEMD_DIR / TIMER, SYSTEMD_DIR / SERVICE, WRAPPER]
+        removed = [SYSTEMD_DIR / TIMER, SYSTEMD_DIR / SERVICE, WRAPPER, NAGIOS_PLUGIN]
         removed += [CONFIG_PATH, DATABASE_CA] if host_config else []
         steps += [
             (f"remove {path}", functools.partial(self._path(path).unlink, missing_ok=True))

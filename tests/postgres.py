@@ -1,8 +1,9 @@
 """A throw-away PostgreSQL server for tests and benchmarks.
 
 The server refuses to run as root, so as root it runs as the `postgres` user from Debian's
-package. It listens on 127.0.0.1 (password login) and on a Unix socket in its own temporary
-directory, and is gone, directory included, after `stop()`.
+package. It listens on 127.0.0.1 and ::1 (password login, TLS offered with a certificate from
+a CA made for it, `ca_pem`) and on a Unix socket in its own temporary directory, and is gone,
+directory included, after `stop()`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,45 @@ def server_binaries() -> Path | None:
 
 def _version(path: str) -> int:
     return int(Path(path).parent.parent.name.split(".")[0])
+
+
+def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
+    """Make a self-signed CA in `directory`; return its certificate and key."""
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "2", "-subj", f"/CN={name}"],
+                   check=True, capture_output=True)  # fmt: skip
+    return cert, key
+
+
+def _make_certificates(directory: Path, user: str | None) -> str:
+    """Issue the server a certificate for 127.0.0.1, ::1 and localhost; return the CA's PEM."""
+    ca, ca_key = make_ca(directory, "test-ca")
+    key, csr, cert = (directory / name for name in ("server.key", "server.csr", "server.crt"))
+    names = directory / "names.ext"
+    names.write_text("subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost\n")
+    subprocess.run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=localhost"],
+                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key,
+                    "-CAcreateserial", "-out", cert, "-days", "2", "-extfile", names],
+                   check=True, capture_output=True)  # fmt: skip
+    key.chmod(0o600)
+    if user:
+        account = pwd.getpwnam(user)
+        os.chown(key, account.pw_uid, account.pw_gid)
+    return ca.read_text()
+
+
+def has_ipv6_loopback() -> bool:
+    """Whether ::1 can be listened on here."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
 
 
 def _free_port() -> int:
@@ -65,10 +105,14 @@ class PostgresServer:
             account = pwd.getpwnam(self._user)
             os.chown(self.directory, account.pw_uid, account.pw_gid)
         (self.directory / "pw").write_text(self.password)
+        self.ca_pem = _make_certificates(self.directory, self._user)
         self._run("initdb", "-D", self.data, "-U", SUPERUSER, "--pwfile", self.directory / "pw",
                   "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8")  # fmt: skip
         settings = {
-            "listen_addresses": "'127.0.0.1'",
+            "listen_addresses": "'127.0.0.1,::1'" if has_ipv6_loopback() else "'127.0.0.1'",
+            "ssl": "on",
+            "ssl_cert_file": f"'{self.directory / 'server.crt'}'",
+            "ssl_key_file": f"'{self.directory / 'server.key'}'",
             "port": str(self.port),
             "unix_socket_directories": f"'{self.directory}'",
             "max_connections": "100",

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runner_fs import archive, demo
-from runner_fs.config import ConfigError, HostConfig, load_config
+from runner_fs import archive, demo, health
+from runner_fs.config import DEFAULT_BASE_DIR, ConfigError, HostConfig, load_config
 from runner_fs.errors import RunnerFsError
 from runner_fs.reconcile import Progress, at_tenth, list_filesystems
 from runner_fs.report import ISO_EXAMPLE, parse_instant, parse_list, report
@@ -151,6 +151,22 @@ def _cmd_demo(args: argparse.Namespace) -> tuple[Any, str]:
     return summary, "\n".join(lines)
 
 
+NAGIOS_LABELS = ("OK", "WARNING", "CRITICAL")
+
+
+def _cmd_check(args: argparse.Namespace) -> tuple[Any, str]:
+    base_dir = args.base_dir
+    if args.what == "harvest":
+        finding = health.freshness(base_dir, datetime.timedelta(minutes=args.interval))
+    elif args.what == "errors":
+        finding = health.last_pass(base_dir)
+    else:
+        finding = health.free_space(base_dir, args.warning, args.critical)
+    label = NAGIOS_LABELS[finding.code]
+    text = f"RUNNER-FS {args.what.upper()} {label} - {finding.message}"
+    return {"check": args.what, "code": finding.code, "message": finding.message}, text
+
+
 class _PartialFailureError(RunnerFsError):
     """The command did its work but with errors: print the result, exit 1."""
 
@@ -197,6 +213,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--begin", type=_instant, help=f"ISO 8601, e.g. {ISO_EXAMPLE}")
     sub.add_argument("--end", type=_instant, help="ISO 8601 (exclusive)")
     sub.add_argument("--metric-types", type=parse_list, help="e.g. runner.job,runner.idle")
+    sub = command("check", _cmd_check, "a Nagios check: exit 0 OK, 1 WARNING, 2 CRITICAL")
+    sub.add_argument("what", choices=["harvest", "errors", "free-space"])
+    sub.add_argument(
+        "--base-dir",
+        type=Path,
+        default=DEFAULT_BASE_DIR,
+        help="where filesystems live (default: %(default)s); no config file is "
+        "read, so the check runs as an unprivileged user",
+    )
+    sub.add_argument(
+        "--interval",
+        type=float,
+        default=5,
+        metavar="MINUTES",
+        help="harvest: minutes between passes (stalled after 3)",
+    )
+    sub.add_argument(
+        "--warning",
+        type=float,
+        default=20,
+        metavar="PERCENT",
+        help="free-space: warn below this share free",
+    )
+    sub.add_argument("--critical", type=float, default=10, metavar="PERCENT",
+                     help="free-space: critical below this share free")  # fmt: skip
     sub = command("demo", _cmd_demo, "the whole flow with simulated runners; cleans up")
     sub.add_argument("--runners", type=int, default=12, help="simulated runners (2-500)")
     return parser
@@ -223,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        if args.command != "demo":
+        if args.command not in ("demo", "check"):
             args.config = load_config(args.config)
         result, text = args.handler(args)
     except _PartialFailureError as exc:
@@ -236,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"runner-fs {args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     _emit(args, result, text)
-    return EXIT_OK
+    return result["code"] if args.command == "check" else EXIT_OK
 
 
 if __name__ == "__main__":

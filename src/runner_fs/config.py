@@ -30,6 +30,7 @@ from runner_fs.storage.sqlite import SQLiteStorage
 DEFAULT_PATH = Path("/etc/runner-fs/config.yaml")
 CONFIG_ENV = "RUNNER_FS_CONFIG"
 DEFAULT_OWNER = "ubuntu:ubuntu"
+DEFAULT_BASE_DIR = Path("/var/lib/runner-fs")
 
 
 class ConfigError(ValueError):
@@ -43,7 +44,7 @@ class HostConfig(BaseModel):
         extra="forbid", alias_generator=lambda name: name.replace("_", "-"), frozen=True
     )
 
-    base_dir: Path = Path("/var/lib/runner-fs")
+    base_dir: Path = DEFAULT_BASE_DIR
     filesystem_size: str = "1M"
     filesystem_owner: str = DEFAULT_OWNER
     flavor: str = ""

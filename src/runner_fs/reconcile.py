@@ -100,8 +100,9 @@ def list_filesystems(
 def last_reconcile(base_dir: Path) -> dict[str, Any] | None:
     """Return the last pass's record, or None before the first.
 
-    Keys: `ended` (ISO 8601 UTC), the counts, `problem` (the first error, or None) and
-    `last_success` (when a pass last ended without an error, or None).
+    Keys: `ended` (ISO 8601 UTC), the counts, `problem` (the first error, or None),
+    `last_success` (when a pass last ended without an error, or None) and `since` (when passes
+    were set up here, if that was noted before the first pass).
     """
     try:
         data = json.loads((base_dir / LAST_RECONCILE_FILE).read_text(encoding="utf-8"))
@@ -111,14 +112,28 @@ def last_reconcile(base_dir: Path) -> dict[str, Any] | None:
 
 
 def record_reconcile(base_dir: Path, result: ReconcileResult) -> None:
-    """Keep what the last pass (or a pass that could not start) did, for status and metrics."""
-    ended = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    """Keep what the last pass (or a pass that could not start) did, for status and checks."""
+    ended = _utc_now()
     previous = last_reconcile(base_dir) or {}
     success = ended if not result.errors else previous.get("last_success")
     record = {"ended": ended, **result.as_dict(), "problem": result.problem}
+    _write_record(base_dir, record | {"last_success": success, "since": previous.get("since")})
+
+
+def start_harvest_clock(base_dir: Path) -> None:
+    """Note when passes were set up here, unless a pass already ran (stalls count from it)."""
+    if last_reconcile(base_dir) is None:
+        _write_record(base_dir, {"since": _utc_now(), "last_success": None})
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_record(base_dir: Path, record: dict[str, Any]) -> None:
     path = base_dir / LAST_RECONCILE_FILE
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record | {"last_success": success}), encoding="utf-8")
+    tmp.write_text(json.dumps(record), encoding="utf-8")
     os.replace(tmp, path)
 
 

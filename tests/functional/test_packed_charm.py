@@ -29,8 +29,17 @@ PROJECT = yaml.safe_load((REPO / "charmcraft.yaml").read_text())
 UNIT = "runner-fs/0"
 CONFIG = {"filesystem-size": "1M", "reconcile-interval": 5, "max-runner-age": 24.0,
           "retention-period": 2400.0, "flavor": "small", "storage-backend": "sqlite",
-          "filesystem-owner": "nobody:nogroup", "rates": "small=0.008"}  # fmt: skip
-MASKED = ("/etc/runner-fs", "/etc/systemd/system", "/usr/local/bin", "/var/lib/runner-fs")
+          "filesystem-owner": "nobody:nogroup", "rates": "small=0.008",
+          "nagios_context": "juju", "nagios_servicegroups": ""}  # fmt: skip
+MASKED = ("/etc/runner-fs", "/etc/systemd/system", "/usr/local/bin", "/var/lib/runner-fs",
+          "/etc/nagios", "/var/lib/nagios", "/var/log/nagios",
+          "/usr/local/lib/nagios")  # fmt: skip
+UBUNTU = {  # what charmhelpers reads to know the platform
+    "os-release": 'NAME="Ubuntu"\nID=ubuntu\nVERSION_ID="24.04"\nVERSION_CODENAME=noble\n',
+    "lsb-release": "DISTRIB_ID=Ubuntu\nDISTRIB_RELEASE=24.04\nDISTRIB_CODENAME=noble\n",
+}
+LSB_RELEASE = Path("/etc/lsb-release")
+
 PACK_VENV = REPO / ".venv-pack"
 
 
@@ -98,15 +107,34 @@ def test_pack_makes_a_charm_for_each_platform_with_src_templates_and_venv(packed
 
 
 class Namespace:
-    """A private mount namespace held open by a process; commands enter it with nsenter."""
+    """A private mount namespace held open by a process; commands enter it with nsenter.
 
-    def __init__(self, tools: Path) -> None:
+    The machine looks like an Ubuntu 24.04 one with NRPE installed: its os-release (which
+    charmhelpers reads), a `nagios` user and NRPE's directories.
+    """
+
+    def __init__(self, tools: Path, tmp_path: Path) -> None:
         """Mask the charm's machine directories with tmpfs and put the fake systemctl in."""
-        masks = "; ".join(f"mkdir -p {d} && mount -t tmpfs tmpfs {d}" for d in MASKED)
+        for name, text in UBUNTU.items():
+            (tmp_path / name).write_text(text)
+        for name, entry in (("passwd", "nagios:x:4242:4242::/var/lib/nagios:/bin/false"),
+                            ("group", "nagios:x:4242:")):  # fmt: skip
+            text = Path(f"/etc/{name}").read_text()
+            (tmp_path / name).write_text(text if "\nnagios:" in text else f"{text}{entry}\n")
+        etc_release = "" if Path("/etc/os-release").is_symlink() else " /etc/os-release"
+        script = "; ".join([
+            *(f"mkdir -p {d} && mount -t tmpfs tmpfs {d}" for d in MASKED),
+            f"mount --bind {tools}/systemctl /usr/bin/systemctl",
+            *(f"mount --bind {tmp_path}/os-release {path}"
+              for path in f"/usr/lib/os-release{etc_release}".split()),
+            f"mount --bind {tmp_path}/lsb-release {LSB_RELEASE}",
+            f"mount --bind {tmp_path}/passwd /etc/passwd",
+            f"mount --bind {tmp_path}/group /etc/group",
+            "mkdir -p /etc/nagios/nrpe.d /var/lib/nagios/export",
+            "echo ready", "exec cat",
+        ])  # fmt: skip
         self.holder = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-             f"{masks}; mount --bind {tools}/systemctl /usr/bin/systemctl;"
-             " echo ready; exec cat"],
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert self.holder.stdout is not None
@@ -124,9 +152,7 @@ class Namespace:
 
     def close(self) -> None:
         """End the holder: the namespace and its tmpfs go with it."""
-        assert self.holder.stdin is not None
-        self.holder.stdin.close()
-        self.holder.wait(timeout=60)
+        self.holder.communicate(timeout=60)  # closes its stdin: `cat` ends
 
 
 class FakeJuju:
@@ -216,7 +242,7 @@ def _finished_runner(name: str, job: int) -> str:
 def _tools(tmp_path: Path) -> Path:
     tools = tmp_path / "bin"
     tools.mkdir()
-    for tool in (*juju_tools.TOOLS, "systemctl"):
+    for tool in (*juju_tools.TOOLS, "systemctl", "service"):
         link = tools / tool
         link.write_text(f'#!/bin/sh\nexec {sys.executable} {juju_tools.__file__} {tool} "$@"\n')
         link.chmod(0o755)
@@ -228,7 +254,9 @@ def story(packed, second_build, tmp_path_factory, postgres_server):
     """Run the packed charm through a unit's whole life; return what was seen on the way."""
     tmp_path = tmp_path_factory.mktemp("unit")
     made = [Path(d) for d in MASKED if not Path(d).exists()]  # mount points, removed after
-    namespace = Namespace(_tools(tmp_path))
+    lsb_placeholder = not LSB_RELEASE.exists()
+    LSB_RELEASE.touch()  # a mount point for Ubuntu's (Debian has none)
+    namespace = Namespace(_tools(tmp_path), tmp_path)
     seen: dict = {}
     try:
         juju = FakeJuju(tmp_path, namespace)
@@ -279,6 +307,23 @@ def story(packed, second_build, tmp_path_factory, postgres_server):
             f"test -f {juju.results()[1]['archive']} && echo yes"
         ).strip()
 
+        juju.state["relations"]["nrpe-external-master"] = {
+            "id": 9, "app": "nrpe", "units": ["nrpe/0"], "app_data": {}, "local_app_data": {},
+            "local_unit_data": {},
+        }  # fmt: skip
+        juju.relation("joined", "nrpe-external-master")
+        juju.relation("changed", "nrpe-external-master")
+        seen["monitors"] = yaml.safe_load(
+            juju.state["relations"]["nrpe-external-master"]["local_unit_data"]["monitors"]
+        )
+        commands = juju.sh("cat /etc/nagios/nrpe.d/check_runner_fs_*.cfg | grep ^command")
+        seen["nrpe-commands"] = dict(line.split("=", 1) for line in commands.splitlines())
+        seen["nrpe-checks"] = {
+            name: juju.sh(f"{command}; echo exit=$?")
+            for name, command in seen["nrpe-commands"].items()
+        }
+        seen["nrpe-exports"] = juju.sh("ls /var/lib/nagios/export").split()
+
         juju.deploy(second_build)
         juju.dispatch("hooks/upgrade-charm")
         seen["after-upgrade"] = juju.status()
@@ -289,6 +334,10 @@ def story(packed, second_build, tmp_path_factory, postgres_server):
         before = juju.sh("cat /var/lib/runner-fs/last-reconcile.json")
         juju.dispatch("hooks/reconcile")  # the timer fired while stop ran: nothing happens
         seen["record-unchanged"] = before == juju.sh("cat /var/lib/runner-fs/last-reconcile.json")
+        juju.relation("broken", "nrpe-external-master")
+        seen["nrpe-after-broken"] = juju.sh(
+            "find /etc/nagios/nrpe.d /usr/local/lib/nagios /var/lib/nagios/export -type f"
+        )
         juju.dispatch("hooks/remove")
         seen["left"] = juju.sh(
             "find /etc/runner-fs /etc/systemd/system /usr/local/bin -mindepth 1;"
@@ -301,6 +350,8 @@ def story(packed, second_build, tmp_path_factory, postgres_server):
             seen["pg-points"] = db.execute("SELECT count(*) FROM points").fetchone()[0]
     finally:
         namespace.close()
+        if lsb_placeholder:
+            LSB_RELEASE.unlink()
         for directory in made:
             directory.rmdir()
     return seen
@@ -370,3 +421,26 @@ def test_after_stop_a_reconcile_event_does_nothing(story):
 
 def test_remove_leaves_nothing_running_mounted_or_holding_the_password(story):
     assert story["left"] == ["0", "0"]  # no file in the three directories, mounts, loops
+
+
+def test_nrpe_checks_are_written_with_charmhelpers_and_run(story):
+    assert set(story["monitors"]["monitors"]["remote"]["nrpe"]) == {
+        "runner_fs_harvest", "runner_fs_errors", "runner_fs_free_space"
+    }  # fmt: skip
+    assert story["nrpe-commands"]["command[check_runner_fs_harvest]"] == (
+        "/usr/local/lib/nagios/plugins/check_runner_fs harvest --interval 5"
+    )
+    outputs = sorted(story["nrpe-checks"].values())
+    assert outputs[0].startswith("RUNNER-FS ERRORS OK - last harvest: 20")
+    assert outputs[1].startswith("RUNNER-FS FREE-SPACE OK - ")
+    assert outputs[2].startswith("RUNNER-FS HARVEST OK - last successful harvest: 20")
+    assert all(output.endswith("exit=0\n") for output in outputs)
+    assert len(story["nrpe-exports"]) == 3
+    restarts = story["juju"].calls("systemctl") + story["juju"].calls("service")
+    assert {("restart", "nagios-nrpe-server"), ("nagios-nrpe-server", "restart")} & {
+        tuple(args) for args in restarts
+    }  # systemctl on a machine run by systemd (not here), else service
+
+
+def test_nrpe_checks_go_with_the_relation(story):
+    assert story["nrpe-after-broken"].split() == []

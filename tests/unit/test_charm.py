@@ -9,14 +9,18 @@ import re
 import stat
 from pathlib import Path
 
+import ops
+import psycopg
 import pytest
 from ops import testing
 
 import charm
 import runner_fs
+from database import split_endpoint
 from runner_fs import host
 from runner_fs.dataframe import DataFrame, DataPoint
 from runner_fs.storage import get_storage
+from tests.postgres import has_ipv6_loopback, make_ca
 
 UNIT_NAME = "runner-fs/0"
 
@@ -353,17 +357,31 @@ def test_no_pass_for_three_intervals_shows_in_status(ctx, root):
 POSTGRESQL = {**VALID, "storage-backend": "postgresql"}
 
 
-def _database(server, dbname: str, *, in_secret: bool = True, port: int | None = None):
-    """Return the relation and secret a charmed PostgreSQL would give for `dbname`."""
+def _database(
+    server, dbname: str, *, in_secret: bool = True, port: int | None = None, **more: str
+):
+    """Return the relation and secrets a charmed PostgreSQL would give for `dbname`.
+
+    `more` adds fields (`endpoints`, `uris`, `tls`, `tls-ca`); TLS ones go into a second secret.
+    """
     server.create_database(dbname)
     login = {"username": "runner_fs_test", "password": server.password}
     answer = {"endpoints": f"127.0.0.1:{port or server.port}", "database": dbname}
-    secret = testing.Secret(tracked_content=login)
-    answer |= {"secret-user": secret.id} if in_secret else login
+    tls = {key: more.pop(key) for key in ("tls", "tls-ca") if key in more}
+    login |= {key: more.pop(key) for key in ("uris",) if key in more}
+    answer |= more
+    secrets = [testing.Secret(tracked_content=login)]
+    if in_secret:
+        answer["secret-user"] = secrets[0].id
+        if tls:
+            secrets.append(testing.Secret(tracked_content=tls))
+            answer["secret-tls"] = secrets[1].id
+    else:
+        answer |= login | tls
     relation = testing.Relation(
         "database", remote_app_name="postgresql", remote_app_data=answer, remote_units_data={0: {}}
     )
-    return relation, secret
+    return relation, secrets[0], secrets
 
 
 def _rendered(root) -> dict:
@@ -398,7 +416,9 @@ def test_the_leader_asks_for_a_database_and_waits_for_credentials(ctx, root):
 
 @pytest.mark.parametrize("in_secret", [True, False])
 def test_credentials_go_into_the_host_config_only(ctx, root, postgres_server, in_secret):
-    relation, secret = _database(postgres_server, f"charm_login_{in_secret}", in_secret=in_secret)
+    relation, secret, _ = _database(
+        postgres_server, f"charm_login_{in_secret}", in_secret=in_secret
+    )
     state = testing.State(config=POSTGRESQL, relations=[relation], secrets=[secret])
 
     out = ctx.run(ctx.on.relation_changed(relation), state)
@@ -425,7 +445,7 @@ def test_switching_to_postgresql_moves_local_metrics_exactly_once(ctx, root, pos
         frames.append(frame)
     assert local.push_once("runner-fs/0/r1/uuid", frames)
     local.close()
-    relation, secret = _database(postgres_server, "charm_switch")
+    relation, secret, _ = _database(postgres_server, "charm_switch")
     state = testing.State(config=POSTGRESQL, relations=[relation], secrets=[secret])
 
     out = ctx.run(ctx.on.config_changed(), state)
@@ -443,7 +463,7 @@ def test_switching_to_postgresql_moves_local_metrics_exactly_once(ctx, root, pos
 def test_an_unreachable_postgresql_keeps_harvests_local_and_says_so(ctx, root, postgres_server):
     local = get_storage("sqlite", path=root / "var/lib/runner-fs/metrics.db")
     local.close()
-    relation, secret = _database(postgres_server, "charm_unreachable", port=1)
+    relation, secret, _ = _database(postgres_server, "charm_unreachable", port=1)
 
     out = ctx.run(
         ctx.on.relation_changed(relation),
@@ -462,7 +482,7 @@ def test_while_postgresql_is_unreachable_a_harvest_goes_into_the_local_file(
     ctx, root, postgres_server
 ):
     get_storage("sqlite", path=root / "var/lib/runner-fs/metrics.db").close()  # not moved yet
-    relation, secret = _database(postgres_server, "charm_harvest_local", port=1)
+    relation, secret, _ = _database(postgres_server, "charm_harvest_local", port=1)
     state = testing.State(config=POSTGRESQL, relations=[relation], secrets=[secret])
 
     ctx.run(ctx.on.action("reconcile"), state)  # not into PostgreSQL: its ledger lacks ours
@@ -473,7 +493,7 @@ def test_while_postgresql_is_unreachable_a_harvest_goes_into_the_local_file(
 
 
 def test_a_removed_relation_blocks_again(ctx, root, postgres_server):
-    relation, secret = _database(postgres_server, "charm_broken")
+    relation, secret, _ = _database(postgres_server, "charm_broken")
     state = testing.State(config=POSTGRESQL, relations=[relation], secrets=[secret])
     ctx.run(ctx.on.relation_changed(relation), state)
 
@@ -481,3 +501,114 @@ def test_a_removed_relation_blocks_again(ctx, root, postgres_server):
 
     assert isinstance(out.unit_status, testing.BlockedStatus)
     assert _rendered(root)["storage-backend"] == "sqlite"
+
+
+def _connected_over_tls(dsn: str) -> bool:
+    with psycopg.connect(dsn) as db:
+        return db.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()[0]
+
+
+@pytest.mark.parametrize("in_secret", [True, False])
+def test_tls_offered_with_a_ca_is_required_and_verified(ctx, root, postgres_server, in_secret):
+    relation, _, secrets = _database(postgres_server, f"charm_tls_{in_secret}",
+                                     in_secret=in_secret, tls="True",
+                                     **{"tls-ca": postgres_server.ca_pem})  # fmt: skip
+
+    out = ctx.run(
+        ctx.on.relation_changed(relation),
+        testing.State(config=POSTGRESQL, relations=[relation], secrets=secrets),
+    )
+
+    assert out.unit_status.name == "active", out.unit_status
+    dsn = _rendered(root)["storage-options"]["dsn"]
+    ca = root / "etc/runner-fs/postgresql-ca.pem"
+    assert f"sslmode=verify-full&sslrootcert={ca}" in dsn.replace("%2F", "/")
+    assert ca.read_text() == postgres_server.ca_pem
+    assert stat.S_IMODE(ca.stat().st_mode) == 0o600
+    assert _connected_over_tls(dsn)
+
+
+def test_a_server_certificate_from_another_ca_is_refused(ctx, root, postgres_server, tmp_path):
+    other_ca, _ = make_ca(tmp_path, "impostor-ca")
+    relation, _, secrets = _database(postgres_server, "charm_tls_impostor", tls="True",
+                                     **{"tls-ca": other_ca.read_text()})  # fmt: skip
+
+    state = testing.State(config=POSTGRESQL, relations=[relation], secrets=secrets)
+    out = ctx.run(ctx.on.relation_changed(relation), state)
+
+    with pytest.raises(testing.ActionFailed, match="certificate verify failed"):
+        ctx.run(ctx.on.action("reconcile"), out)
+    out = ctx.run(ctx.on.update_status(), out)
+    assert "failed: initialising postgresql://runner_fs_test@127.0.0.1" in out.unit_status.message
+
+
+def test_uris_from_the_provider_are_used_as_given(ctx, root, postgres_server):
+    uri = postgres_server.dsn("charm_uris")
+    relation, _, secrets = _database(
+        postgres_server, "charm_uris", uris=uri, endpoints="nowhere:1"
+    )
+
+    out = ctx.run(
+        ctx.on.relation_changed(relation),
+        testing.State(config=POSTGRESQL, relations=[relation], secrets=secrets),
+    )
+
+    assert out.unit_status.name == "active", out.unit_status
+    assert _rendered(root)["storage-options"]["dsn"] == uri
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback here")
+def test_an_ipv6_endpoint_is_reached(ctx, root, postgres_server):
+    relation, _, secrets = _database(
+        postgres_server, "charm_ipv6", endpoints=f"[::1]:{postgres_server.port}"
+    )
+
+    out = ctx.run(
+        ctx.on.relation_changed(relation),
+        testing.State(config=POSTGRESQL, relations=[relation], secrets=secrets),
+    )
+
+    assert out.unit_status.name == "active", out.unit_status
+    assert f"@[::1]:{postgres_server.port}/" in _rendered(root)["storage-options"]["dsn"]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "expected"),
+    [("10.0.0.5:5433", ("10.0.0.5", 5433)), ("db.internal", ("db.internal", 5432)),
+     ("[fd00::5]:6432", ("fd00::5", 6432)), ("fd00::5", ("fd00::5", 5432)),
+     ("db:", ("db", 5432))],
+)  # fmt: skip
+def test_endpoints_with_and_without_port_and_in_ipv6(endpoint, expected):
+    assert split_endpoint(endpoint) == expected
+
+
+def test_a_non_numeric_port_is_named():
+    with pytest.raises(ValueError, match="'db:http': the port must be a number"):
+        split_endpoint("db:http")
+
+
+def test_the_login_secret_is_read_once_per_hook(ctx, root, postgres_server, monkeypatch):
+    relation, _, secrets = _database(postgres_server, "charm_once")
+    reads = []
+    real = ops.Model.get_secret
+    monkeypatch.setattr(ops.Model, "get_secret", lambda *a, **k: reads.append(k) or real(*a, **k))
+
+    ctx.run(
+        ctx.on.relation_changed(relation),
+        testing.State(config=POSTGRESQL, relations=[relation], secrets=secrets),
+    )
+
+    assert len(reads) == 1
+
+
+def test_with_nrpe_related_the_check_plugin_is_installed_and_goes_with_it(ctx, root):
+    nrpe = testing.SubordinateRelation("nrpe-external-master", remote_app_name="nrpe")
+    state = testing.State(config=VALID, relations=[nrpe])
+    plugin = root / "usr/local/lib/nagios/plugins/check_runner_fs"
+
+    out = ctx.run(ctx.on.relation_changed(nrpe), state)
+    installed = plugin.read_text()
+    ctx.run(ctx.on.relation_broken(nrpe), out)
+
+    assert 'exec /usr/local/bin/runner-fs check "$@"' in installed
+    assert not plugin.exists()

@@ -30,6 +30,8 @@ def test_config_options_are_the_contract():
         "storage-backend": ("string", "sqlite"),
         "filesystem-owner": ("string", "ubuntu:ubuntu"),
         "rates": ("string", ""),
+        "nagios_context": ("string", "juju"),
+        "nagios_servicegroups": ("string", ""),
     }
 
 
