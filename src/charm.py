@@ -22,7 +22,7 @@ from machine import Machine
 from runner_fs import archive, health, host
 from runner_fs.config import ConfigError, load_config
 from runner_fs.errors import RunnerFsError
-from runner_fs.reconcile import at_tenth, list_filesystems
+from runner_fs.reconcile import ReconcileResult, at_tenth, list_filesystems, record_reconcile
 from runner_fs.report import parse_instant, parse_list, report
 
 logger = logging.getLogger(__name__)
@@ -146,7 +146,9 @@ class RunnerFsCharm(ops.CharmBase):
             try:  # init() upgrades the schema; nothing is unmounted
                 state.host.storage().close()
             except RunnerFsError as exc:
-                logger.error("storage not upgraded now, the next pass will: %s", exc)
+                problem = f"storage schema not upgraded (the next pass will): {exc}"
+                logger.error("%s", problem)
+                record_reconcile(state.host.base_dir, ReconcileResult(errors=1, problem=problem))
         nrpe_event = (
             isinstance(event, ops.RelationEvent) and event.relation.name == nagios.RELATION
         )

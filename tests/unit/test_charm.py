@@ -612,3 +612,14 @@ def test_with_nrpe_related_the_check_plugin_is_installed_and_goes_with_it(ctx, r
 
     assert 'exec /usr/local/bin/runner-fs check "$@"' in installed
     assert not plugin.exists()
+
+
+def test_upgrade_with_postgresql_down_logs_and_says_so_in_status(ctx, root, postgres_server):
+    relation, _, secrets = _database(postgres_server, "charm_upgrade_down", port=1)
+    state = testing.State(config=POSTGRESQL, relations=[relation], secrets=secrets)
+
+    out = ctx.run(ctx.on.upgrade_charm(), state)  # no local store to move: PostgreSQL in use
+
+    assert isinstance(out.unit_status, testing.BlockedStatus)
+    assert "storage schema not upgraded (the next pass will)" in out.unit_status.message
+    assert _rendered(root)["storage-backend"] == "postgresql"
