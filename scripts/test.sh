@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh test
 export PATH="$PWD/.venv/bin:$PATH"
 
-ruff format --check src tests bench
-ruff check src tests bench
-codespell src tests bench docs README.md
+ruff format --check src lib tests bench
+ruff check src lib tests bench
+codespell src lib tests bench docs README.md
 mypy
 pytest -p no:cacheprovider "$@"

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import ops
 from charmlibs.systemd import SystemdError
+from charms.runner_fs.v0.runner_fs import RunnerFsProvider
 from pydantic import ValidationError
 
 import nagios
 from charm_state import CharmConfig, CharmState, InvalidConfigError, option_error
 from database import DatabaseRequirer
-from machine import Machine
+from machine import WRAPPER, Machine
 from runner_fs import archive, health, host
 from runner_fs.config import ConfigError, load_config
 from runner_fs.errors import RunnerFsError
@@ -28,6 +29,7 @@ from runner_fs.report import parse_instant, parse_list, report
 logger = logging.getLogger(__name__)
 
 HOST_ROOT = Path("/")  # where the machine's files live; tests point it at a directory
+PROVISIONER = "runner-fs"  # the relation with a provisioner charm (interface runner_fs)
 
 
 class ReconcileEvent(ops.EventBase):
@@ -56,6 +58,7 @@ class RunnerFsCharm(ops.CharmBase):
         self._stored.set_default(stopped=False)
         self.machine = Machine(HOST_ROOT)
         self.database = DatabaseRequirer(self)
+        self.provisioner = RunnerFsProvider(self, PROVISIONER)
         self._converge_problem: str | None = None
         database = self.on[self.database.relation_name]
         for event in (
@@ -63,9 +66,11 @@ class RunnerFsCharm(ops.CharmBase):
             self.on.update_status, database.relation_changed, database.relation_broken,
         ):  # fmt: skip
             framework.observe(event, self._on_converge)
-        nrpe = self.on[nagios.RELATION]
-        for event in (nrpe.relation_joined, nrpe.relation_changed, nrpe.relation_broken):
-            framework.observe(event, self._on_converge)
+        for name in (nagios.RELATION, PROVISIONER):
+            relation = self.on[name]
+            for event in (relation.relation_joined, relation.relation_changed,
+                          relation.relation_broken):  # fmt: skip
+                framework.observe(event, self._on_converge)
         framework.observe(self.on.start, self._on_start)
         framework.observe(self.on.stop, self._on_stop)
         framework.observe(self.on.remove, self._on_remove)
@@ -95,6 +100,7 @@ class RunnerFsCharm(ops.CharmBase):
                 f"{owner} already manages runner filesystems on this machine"
                 f" ({self.machine.config_path}): remove this unit ({self.unit.name})"
             )
+        config = config.with_requests(self.provisioner.requested())
         login = self.database.login if use_database else None
         dsn = None
         if login:
@@ -125,20 +131,33 @@ class RunnerFsCharm(ops.CharmBase):
     # -- lifecycle -----------------------------------------------------------------------
 
     def _converge(self) -> CharmState | None:
-        """Render the host config, timer and wrapper; None when that cannot be done now."""
+        """Render the host config, timer and wrapper; tell the provisioner whether it is ready.
+
+        Returns None when the config or the machine does not allow it now.
+        """
         if self._stored.stopped:
             return None
+        state = None
         try:
             state = self._state_in_use()
             self.machine.converge(state, self.unit.name, self.charm_dir, nagios=self._nrpe_related)
         except (InvalidConfigError, MachineTakenError) as exc:
             logger.warning("not converging: %s", exc)
-            return None
-        except SystemdError as exc:
+            state = None
+        except SystemdError as exc:  # filesystems work; harvests wait for the timer
             logger.error("the reconcile timer is not running: %s", exc)
             self._converge_problem = f"the reconcile timer could not be started: {exc}"
-            return None
+        self._publish(state)
         return state
+
+    def _publish(self, state: CharmState | None) -> None:
+        """Tell the provisioner on this machine whether filesystems can be created now."""
+        self.provisioner.publish(
+            ready=state is not None and host.LOOP_CONTROL.exists(),
+            command=str(WRAPPER),
+            mount_dir=str(state.host.manager().mounts_dir) if state else "",
+            filesystem_size=state.host.filesystem_size if state else "",
+        )
 
     def _on_converge(self, event: ops.EventBase) -> None:
         state = self._converge()
@@ -190,6 +209,10 @@ class RunnerFsCharm(ops.CharmBase):
     def _release_machine(self, *, host_config: bool) -> None:
         """Best effort: log what could not be done, never fail the hook."""
         self._stored.stopped = True
+        try:
+            self._publish(None)
+        except ops.ModelError as exc:
+            logger.warning("could not tell the provisioner: %s", exc)
         if self.machine.managed_by() not in (None, self.unit.name):
             return  # another unit's files: not ours to remove
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -36,6 +37,19 @@ class CharmConfig(BaseModel):
     rates: str = ""
     nagios_context: str = "juju"  # read by charmhelpers' NRPE support
     nagios_servicegroups: str = ""
+
+    def with_requests(self, requested: Mapping[str, str]) -> CharmConfig:
+        """Take the provisioner's `owner` and `flavor` where the operator left the default.
+
+        An option the operator set explicitly (any value but its default) wins.
+        """
+        defaults = CharmConfig.model_construct()
+        changes = {
+            option: requested[key]
+            for key, option in (("owner", "filesystem_owner"), ("flavor", "flavor"))
+            if requested.get(key) and getattr(self, option) == getattr(defaults, option)
+        }
+        return self.model_copy(update=changes) if changes else self
 
     def host_settings(self) -> dict[str, object]:
         """Return the options the host config file takes, under its keys."""

@@ -88,7 +88,7 @@ def _cmd_list(args: argparse.Namespace) -> tuple[Any, str]:
 def _cmd_release(args: argparse.Namespace) -> tuple[Any, str]:
     released = args.config.manager().release(args.name)
     text = f"released {args.name}" if released else f"{args.name} has no filesystem (harvested?)"
-    return {"runner": args.name}, text
+    return {"runner": args.name, "released": released}, text
 
 
 def _cmd_delete(args: argparse.Namespace) -> tuple[Any, str]:

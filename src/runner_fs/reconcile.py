@@ -81,11 +81,15 @@ def at_tenth(done: int, total: int) -> bool:
 def list_filesystems(
     manager: SharedFilesystemManager, max_runner_age: datetime.timedelta
 ) -> list[dict[str, Any]]:
-    """Describe every filesystem as `list` shows it: sizes in bytes, `created` ISO 8601 UTC."""
+    """Describe every filesystem as `list` shows it: sizes in bytes, `created` ISO 8601 UTC.
+
+    `path` is the mount point (mounted or not: `get` mounts it again).
+    """
     now = datetime.datetime.now(datetime.timezone.utc)
     return [
         {
             "runner": info.runner,
+            "path": str(info.path),
             "mounted": info.mounted,
             "size": info.record.size if info.record else None,
             "used": info.used,
