@@ -71,3 +71,11 @@ def kill_after_lines(process: subprocess.Popen, count: int, prefix: str) -> bool
             process.send_signal(signal.SIGKILL)
             return True
     return False
+
+
+@pytest.fixture(scope="session")
+def packed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every platform of charmcraft.yaml, packed by scripts/pack.sh (the real charmcraft)."""
+    from .machine_world import pack
+
+    return pack(tmp_path_factory.mktemp("packed"))

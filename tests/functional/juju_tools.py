@@ -3,9 +3,10 @@
 
 It answers from the JSON file `$FAKE_JUJU_STATE`: `config`, `params` (of the action),
 `relations` (`{endpoint: {"id", "app", "units", "app_data", "local_app_data",
-"local_unit_data"}}`) and `secrets` (`{id: content}`); `relation-set` writes the local
-application's or unit's data back into it (from `--file PATH` or `--file -`, as ops and
-charmhelpers call it). Every call is appended to `$FAKE_JUJU_LOG` as a JSON line `[tool, args]`.
+"local_unit_data", "remote_units_data"}}`) and `secrets` (`{id: content}`); `relation-set`
+writes the local application's or unit's data back into it (from `--file PATH` or
+`--file -`, as ops and charmhelpers call it). Every call is appended to `$FAKE_JUJU_LOG`
+as a JSON line `[tool, args]`.
 """
 
 import json
@@ -50,7 +51,7 @@ def answer(tool: str, args: list[str], state: dict, stdin: str) -> object:
     return None
 
 
-def _relation_tool(tool: str, args: list[str], state: dict, stdin: str) -> object:
+def _relation_tool(tool: str, args: list[str], state: dict, stdin: str) -> object:  # noqa: PLR0911
     relations = state.get("relations", {})
     if tool == "relation-ids":
         (endpoint,) = (arg for arg in args if not arg.startswith("-"))
@@ -66,7 +67,9 @@ def _relation_tool(tool: str, args: list[str], state: dict, stdin: str) -> objec
         if "--app" in args:
             mine = member != relation["app"]
             return relation["local_app_data"] if mine else relation["app_data"]
-        return relation["local_unit_data"] if member == os.environ["JUJU_UNIT_NAME"] else {}
+        if member == os.environ["JUJU_UNIT_NAME"]:
+            return relation["local_unit_data"]
+        return relation.get("remote_units_data", {}).get(member, {})
     data = "local_app_data" if "--app" in args else "local_unit_data"  # relation-set
     relation[data].update(yaml.safe_load(stdin) or {})
     return None

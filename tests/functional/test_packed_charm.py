@@ -1,8 +1,7 @@
 """The charm as Juju runs it: `charmcraft pack` output, unzipped, run through its own `dispatch`.
 
-`scripts/pack.sh` packs every platform with the real charmcraft. The 24.04 charm then runs in
-a private mount namespace where the charm's machine directories are empty tmpfs, stand-in
-hook tools answer from a JSON file, and `systemctl` only records its arguments: install,
+`scripts/pack.sh` packs every platform with the real charmcraft. The 24.04 charm then runs on a
+stand-in machine (`machine_world`: a private mount namespace, stand-in hook tools): install,
 config-changed, start, runners harvested by the timer's event into SQLite, the `database`
 relation with a real PostgreSQL server (the local store moved into it exactly once), every
 action, upgrade-charm to a second build, stop and remove.
@@ -11,9 +10,7 @@ action, upgrade-charm to a second build, stop and remove.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import textwrap
 import zipfile
 from pathlib import Path
@@ -22,7 +19,7 @@ import psycopg
 import pytest
 import yaml
 
-from . import juju_tools
+from .machine_world import PACK_VENV, FakeJuju, machine, pack
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = yaml.safe_load((REPO / "charmcraft.yaml").read_text())
@@ -31,39 +28,12 @@ CONFIG = {"filesystem-size": "1M", "reconcile-interval": 5, "max-runner-age": 24
           "retention-period": 2400.0, "flavor": "small", "storage-backend": "sqlite",
           "filesystem-owner": "nobody:nogroup", "rates": "small=0.008",
           "nagios_context": "juju", "nagios_servicegroups": ""}  # fmt: skip
-MASKED = ("/etc/runner-fs", "/etc/systemd/system", "/usr/local/bin", "/var/lib/runner-fs",
-          "/etc/nagios", "/var/lib/nagios", "/var/log/nagios",
-          "/usr/local/lib/nagios")  # fmt: skip
-UBUNTU = {  # what charmhelpers reads to know the platform
-    "os-release": 'NAME="Ubuntu"\nID=ubuntu\nVERSION_ID="24.04"\nVERSION_CODENAME=noble\n',
-    "lsb-release": "DISTRIB_ID=Ubuntu\nDISTRIB_RELEASE=24.04\nDISTRIB_CODENAME=noble\n",
-}
-LSB_RELEASE = Path("/etc/lsb-release")
-
-PACK_VENV = REPO / ".venv-pack"
-
-
-def _pack(out: Path, *platforms: str) -> dict[str, Path]:
-    """Pack with scripts/pack.sh into `out`; return the .charm files by platform."""
-    env = {**os.environ, "RUNNER_FS_PACK_OUT": str(out), "RUNNER_FS_PACK_VENV": str(PACK_VENV)}
-    result = subprocess.run(
-        [REPO / "scripts/pack.sh", *platforms], env=env, capture_output=True, text=True,
-        timeout=1200, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-4000:]
-    return {path.name.split("_", 1)[1].removesuffix(".charm"): path for path in out.iterdir()}
-
-
-@pytest.fixture(scope="module")
-def packed(tmp_path_factory) -> dict[str, Path]:
-    """Every platform of charmcraft.yaml, packed."""
-    return _pack(tmp_path_factory.mktemp("packed"))
 
 
 @pytest.fixture(scope="module")
 def second_build(tmp_path_factory, packed) -> Path:
     """Another build of the 24.04 charm, to upgrade to."""
-    return _pack(tmp_path_factory.mktemp("second"), "ubuntu@24.04:amd64")["ubuntu@24.04-amd64"]
+    return pack(tmp_path_factory.mktemp("second"), "ubuntu@24.04:amd64")["ubuntu@24.04-amd64"]
 
 
 def _build_plan(project: dict) -> subprocess.CompletedProcess:
@@ -106,124 +76,6 @@ def test_pack_makes_a_charm_for_each_platform_with_src_templates_and_venv(packed
         assert not any("runner_fs-" in name and ".dist-info" in name for name in names)
 
 
-class Namespace:
-    """A private mount namespace held open by a process; commands enter it with nsenter.
-
-    The machine looks like an Ubuntu 24.04 one with NRPE installed: its os-release (which
-    charmhelpers reads), a `nagios` user and NRPE's directories.
-    """
-
-    def __init__(self, tools: Path, tmp_path: Path) -> None:
-        """Mask the charm's machine directories with tmpfs and put the fake systemctl in."""
-        for name, text in UBUNTU.items():
-            (tmp_path / name).write_text(text)
-        for name, entry in (("passwd", "nagios:x:4242:4242::/var/lib/nagios:/bin/false"),
-                            ("group", "nagios:x:4242:")):  # fmt: skip
-            text = Path(f"/etc/{name}").read_text()
-            (tmp_path / name).write_text(text if "\nnagios:" in text else f"{text}{entry}\n")
-        etc_release = "" if Path("/etc/os-release").is_symlink() else " /etc/os-release"
-        script = "; ".join([
-            *(f"mkdir -p {d} && mount -t tmpfs tmpfs {d}" for d in MASKED),
-            f"mount --bind {tools}/systemctl /usr/bin/systemctl",
-            *(f"mount --bind {tmp_path}/os-release {path}"
-              for path in f"/usr/lib/os-release{etc_release}".split()),
-            f"mount --bind {tmp_path}/lsb-release {LSB_RELEASE}",
-            f"mount --bind {tmp_path}/passwd /etc/passwd",
-            f"mount --bind {tmp_path}/group /etc/group",
-            "mkdir -p /etc/nagios/nrpe.d /var/lib/nagios/export",
-            "echo ready", "exec cat",
-        ])  # fmt: skip
-        self.holder = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert self.holder.stdout is not None
-        assert self.holder.stdout.readline() == "ready\n"
-
-    def run(self, script: str, env: dict[str, str], cwd: Path) -> str:
-        """Run a shell script inside; return its stdout (fail with its stderr)."""
-        result = subprocess.run(
-            ["nsenter", "-t", str(self.holder.pid), "-m", "--", "sh", "-ec",
-             f"cd {cwd}\n{script}"],
-            env=env, capture_output=True, text=True, timeout=300, check=False,
-        )  # fmt: skip
-        assert result.returncode == 0, f"{script}\n{result.stderr[-3000:]}"
-        return result.stdout
-
-    def close(self) -> None:
-        """End the holder: the namespace and its tmpfs go with it."""
-        self.holder.communicate(timeout=60)  # closes its stdin: `cat` ends
-
-
-class FakeJuju:
-    """One unit's charm directory, its hook tools and their state."""
-
-    def __init__(self, tmp_path: Path, namespace: Namespace) -> None:
-        """Lay out the stand-in tools on PATH and an empty state."""
-        self.namespace = namespace
-        self.charm = tmp_path / "charm"
-        self.state_path = tmp_path / "state.json"
-        self.log = tmp_path / "calls.jsonl"
-        self.state: dict = {"config": dict(CONFIG), "relations": {}, "secrets": {}}
-        self.env = {
-            "PATH": f"{tmp_path / 'bin'}:/usr/sbin:/usr/bin:/sbin:/bin",
-            "JUJU_UNIT_NAME": UNIT,
-            "JUJU_MODEL_NAME": "test",
-            "JUJU_VERSION": "3.6.4",
-            "JUJU_CHARM_DIR": str(self.charm),
-            "FAKE_JUJU_STATE": str(self.state_path),
-            "FAKE_JUJU_LOG": str(self.log),
-        }
-
-    def deploy(self, charm: Path) -> None:
-        """Unzip a .charm into the charm directory, over what was there (as an upgrade does)."""
-        with zipfile.ZipFile(charm) as archive:
-            for member in archive.infolist():
-                path = Path(archive.extract(member, self.charm))
-                mode = member.external_attr >> 16
-                if mode:
-                    path.chmod(mode & 0o777)
-
-    def dispatch(self, path: str, **env: str) -> None:
-        """Run one hook or action through the charm's own dispatch."""
-        self.state_path.write_text(json.dumps(self.state))
-        self.namespace.run(
-            "./dispatch", {**self.env, "JUJU_DISPATCH_PATH": path, **env}, self.charm
-        )
-        self.state = json.loads(self.state_path.read_text())  # relation-set writes back
-
-    def action(self, name: str, **params: str) -> None:
-        """Run an action with its params."""
-        self.state["params"] = params
-        self.dispatch(f"actions/{name}", JUJU_ACTION_NAME=name, JUJU_ACTION_UUID="1")
-
-    def relation(self, hook: str, endpoint: str) -> None:
-        """Run a relation hook of `endpoint`."""
-        relation = self.state["relations"][endpoint]
-        self.dispatch(
-            f"hooks/{endpoint}-relation-{hook}", JUJU_RELATION=endpoint,
-            JUJU_RELATION_ID=f"{endpoint}:{relation['id']}", JUJU_REMOTE_APP=relation["app"],
-        )  # fmt: skip
-
-    def sh(self, script: str) -> str:
-        """Run a shell script on the machine (inside the namespace)."""
-        return self.namespace.run(script, self.env, self.charm)
-
-    def calls(self, tool: str) -> list[list[str]]:
-        """Return the arguments of every call of `tool` so far."""
-        lines = self.log.read_text().splitlines()
-        return [args for name, args in map(json.loads, lines) if name == tool]
-
-    def results(self) -> list[dict[str, str]]:
-        """Return each action-set call's results."""
-        return [dict(arg.split("=", 1) for arg in args) for args in self.calls("action-set")]
-
-    def status(self) -> str:
-        """Return the last status set: 'name: message'."""
-        name, _, message = self.calls("status-set")[-1][-3:]  # ... NAME -- MESSAGE
-        return f"{name}: {message}"
-
-
 def _finished_runner(name: str, job: int) -> str:
     """Shell that creates a runner through the wrapper and writes a finished job's files."""
     pre = {"workflow": "ci", "workflow_run_id": "1", "repository": "acme/web", "event": "push"}
@@ -239,27 +91,13 @@ def _finished_runner(name: str, job: int) -> str:
     """)
 
 
-def _tools(tmp_path: Path) -> Path:
-    tools = tmp_path / "bin"
-    tools.mkdir()
-    for tool in (*juju_tools.TOOLS, "systemctl", "service"):
-        link = tools / tool
-        link.write_text(f'#!/bin/sh\nexec {sys.executable} {juju_tools.__file__} {tool} "$@"\n')
-        link.chmod(0o755)
-    return tools
-
-
 @pytest.fixture(scope="module")
 def story(packed, second_build, tmp_path_factory, postgres_server):
     """Run the packed charm through a unit's whole life; return what was seen on the way."""
     tmp_path = tmp_path_factory.mktemp("unit")
-    made = [Path(d) for d in MASKED if not Path(d).exists()]  # mount points, removed after
-    lsb_placeholder = not LSB_RELEASE.exists()
-    LSB_RELEASE.touch()  # a mount point for Ubuntu's (Debian has none)
-    namespace = Namespace(_tools(tmp_path), tmp_path)
     seen: dict = {}
-    try:
-        juju = FakeJuju(tmp_path, namespace)
+    with machine(tmp_path) as namespace:
+        juju = FakeJuju(tmp_path / "runner-fs", namespace, UNIT, CONFIG)
         juju.deploy(packed["ubuntu@24.04-amd64"])
         for hook in ("install", "config-changed", "start"):
             juju.dispatch(f"hooks/{hook}")
@@ -348,12 +186,6 @@ def story(packed, second_build, tmp_path_factory, postgres_server):
         seen["juju"] = juju
         with psycopg.connect(postgres_server.dsn(dbname)) as db:
             seen["pg-points"] = db.execute("SELECT count(*) FROM points").fetchone()[0]
-    finally:
-        namespace.close()
-        if lsb_placeholder:
-            LSB_RELEASE.unlink()
-        for directory in made:
-            directory.rmdir()
     return seen
 
 
