@@ -1,6 +1,8 @@
 """The packed charm on a real Juju model (jubilant); skipped where there is no `juju`.
 
-Run:  CHARM_PATH=./runner-fs_amd64.charm tox -e integration
+Run:  CHARM_PATH=./runner-fs_ubuntu@24.04-amd64.charm tox -e integration
+
+runner-fs is a subordinate: it is deployed beside `ubuntu` and has a unit once related.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ POST_JOB = """{"timestamp": '$((now-30))', "status": "normal", "status_info": nu
 @pytest.fixture(scope="module")
 def juju():
     with jubilant.temp_model() as model:
+        model.deploy("ubuntu", base="ubuntu@24.04")
         model.deploy(os.environ["CHARM_PATH"], APP, config={"filesystem-owner": "root:root"})
+        model.integrate(APP, "ubuntu")
         model.wait(jubilant.all_active, timeout=900)
         yield model
 
