@@ -13,10 +13,12 @@ import decimal
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from runner_fs import tallies
 from runner_fs.errors import CorruptMetricDataError, MetricsStorageError, StorageError
 from runner_fs.metrics.events import to_dataframes
 from runner_fs.metrics.runner import POST_JOB_FILE, read_runner_metrics
@@ -40,6 +42,7 @@ class ReconcileResult:
     datapoints: int = 0
     errors: int = 0
     problem: str | None = None
+    duration: float = 0.0  # seconds
 
     def as_dict(self) -> dict[str, int]:
         """Return the counts by name."""
@@ -105,8 +108,9 @@ def last_reconcile(base_dir: Path) -> dict[str, Any] | None:
     """Return the last pass's record, or None before the first.
 
     Keys: `ended` (ISO 8601 UTC), the counts, `problem` (the first error, or None),
-    `last_success` (when a pass last ended without an error, or None) and `since` (when passes
-    were set up here, if that was noted before the first pass).
+    `duration_seconds`, `errors_total` (errors of every pass so far), `last_success` (when a
+    pass last ended without an error, or None) and `since` (when passes were set up here, if
+    that was noted before the first pass).
     """
     try:
         data = json.loads((base_dir / LAST_RECONCILE_FILE).read_text(encoding="utf-8"))
@@ -120,8 +124,14 @@ def record_reconcile(base_dir: Path, result: ReconcileResult) -> None:
     ended = _utc_now()
     previous = last_reconcile(base_dir) or {}
     success = ended if not result.errors else previous.get("last_success")
-    record = {"ended": ended, **result.as_dict(), "problem": result.problem}
-    _write_record(base_dir, record | {"last_success": success, "since": previous.get("since")})
+    record: dict[str, Any] = {"ended": ended, **result.as_dict(), "problem": result.problem}
+    record |= {
+        "duration_seconds": round(result.duration, 3),
+        "errors_total": int(previous.get("errors_total") or 0) + result.errors,
+        "last_success": success,
+        "since": previous.get("since"),
+    }
+    _write_record(base_dir, record)
 
 
 def start_harvest_clock(base_dir: Path) -> None:
@@ -179,6 +189,7 @@ class Reconciler:
             LockTimeoutError: another pass held the lock for the whole wait (names its pid).
         """
         result = ReconcileResult()
+        started = time.monotonic()
         with self.manager.lock(RECONCILE_LOCK, self.lock_timeout):
             now = datetime.datetime.now(datetime.timezone.utc)
             infos = self.manager.list_info()
@@ -189,13 +200,14 @@ class Reconciler:
                     result.skipped += 1
                 elif state == "broken" or record is None:
                     result.fail(f"runner {info.runner}: broken ({info.broken})")
-                    self._quarantine(info.runner, result)
+                    self._quarantine(info.runner, record, result)
                 else:
                     storage_ok = self._harvest(info.path, record, state, storage_ok, result)
                 if progress:
                     progress(done, len(infos))
             if storage_ok:
                 self._apply_retention(now, result)
+            result.duration = time.monotonic() - started
             record_reconcile(self.manager.base_dir, result)
         logger.info("reconcile: %s", result.as_dict())
         return result
@@ -214,7 +226,7 @@ class Reconciler:
             metrics = read_runner_metrics(path)
         except CorruptMetricDataError as exc:
             logger.warning("runner %s: corrupt metrics, quarantining: %s", name, exc)
-            self._quarantine(name, result)
+            self._quarantine(name, record, result)
             return storage_ok
         if not storage_ok:
             result.skipped += 1
@@ -223,8 +235,9 @@ class Reconciler:
         frames = to_dataframes(metrics, name, self.unit, flavor, self.rates) if metrics else []
         points = sum(1 for frame in frames for _ in frame.iterpoints())
         key = f"{self.unit}/{name}/{record.uuid}"
+        counts = {(self.unit, series): n for series, n in tallies.harvested(frames).items()}
         try:
-            stored = self.storage.push_once(key, frames) if frames else False
+            stored = self.storage.push_once(key, frames, counts)
         except StorageError as exc:
             result.fail(f"storage failed; filesystems wait for the next pass: {exc}")
             result.skipped += 1
@@ -242,7 +255,16 @@ class Reconciler:
         )
         return True
 
-    def _quarantine(self, name: str, result: ReconcileResult) -> None:
+    def _quarantine(
+        self, name: str, record: FilesystemRecord | None, result: ReconcileResult
+    ) -> None:
+        """Count the quarantine (exactly once, by its ledger key), then quarantine."""
+        if record is not None:
+            counts = {(self.unit, series): n for series, n in tallies.quarantined().items()}
+            try:
+                self.storage.push_once(f"{self.unit}/{name}/{record.uuid}/quarantine", [], counts)
+            except StorageError as exc:
+                logger.warning("runner %s: quarantine not counted: %s", name, exc)
         try:
             self.manager.move_to_quarantine(name)  # logs where the archive is
         except (MetricsStorageError, OSError) as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import datetime
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Any
@@ -42,8 +42,20 @@ class BaseStorage(abc.ABC):
         """Store frames in one transaction; `scope_id` is ignored (v1 legacy)."""
 
     @abc.abstractmethod
-    def push_once(self, key: str, dataframes: Iterable[DataFrame]) -> bool:
-        """Store frames and a ledger key in one transaction; nothing if the key is stored."""
+    def push_once(
+        self,
+        key: str,
+        dataframes: Iterable[DataFrame],
+        tallies: Mapping[tuple[str, str], int] | None = None,
+    ) -> bool:
+        """Store frames, a ledger key and `(unit, series)` tallies in one transaction.
+
+        Nothing is stored if the key is stored already.
+        """
+
+    @abc.abstractmethod
+    def tallies(self, unit: str) -> dict[str, int]:
+        """Return the running totals `push_once` added for `unit`, by series."""
 
     @abc.abstractmethod
     def retrieve(

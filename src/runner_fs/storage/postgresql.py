@@ -48,6 +48,13 @@ _MIGRATIONS = (
         groupby, metadata, description
         FROM points;
     """,
+    # version 2: running totals of harvests (Prometheus counters and histograms)
+    """
+    CREATE TABLE tallies (
+        unit text NOT NULL, series text NOT NULL, value bigint NOT NULL,
+        PRIMARY KEY (unit, series)
+    );
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 # Calendar attributes when a point does not carry them (the collector's formulas), as text.

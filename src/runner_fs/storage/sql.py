@@ -19,7 +19,7 @@ import abc
 import contextlib
 import datetime
 import decimal
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import orjson
@@ -159,8 +159,18 @@ class SQLStorage(BaseStorage):
         with self._reporting("push to"), self._transaction():
             self._insert(rows)
 
-    def push_once(self, key: str, dataframes: Iterable[DataFrame]) -> bool:
-        """Store frames and a ledger key in one transaction, unless the key is stored.
+    def push_once(
+        self,
+        key: str,
+        dataframes: Iterable[DataFrame],
+        tallies: Mapping[tuple[str, str], int] | None = None,
+    ) -> bool:
+        """Store frames, a ledger key and tallies in one transaction, unless the key is stored.
+
+        Args:
+            key: the ledger key.
+            dataframes: what to store.
+            tallies: amounts to add to `(unit, series)` running totals (counters of harvests).
 
         Returns:
             True if stored now, False if the key was already there (nothing stored).
@@ -182,10 +192,41 @@ class SQLStorage(BaseStorage):
             if not claimed:
                 return False
             self._insert(rows)
+            self._add_tallies(
+                (unit, series, value) for (unit, series), value in (tallies or {}).items()
+            )
         return True
 
-    def copy_once(self, key: str, points: Iterable[tuple], ledger: Iterable[tuple]) -> bool:
-        """Store rows of `COLUMNS` and of the ledger from another store, once for `key`.
+    def _add_tallies(self, rows: Iterable[tuple[str, str, int]]) -> None:
+        """Add to running totals, inside the current transaction."""
+        mark = self.MARK
+        for row in rows:
+            self._execute(
+                f"INSERT INTO tallies (unit, series, value) VALUES ({mark}, {mark}, {mark})"
+                " ON CONFLICT (unit, series) DO UPDATE SET value = tallies.value + excluded.value",
+                row,
+            )
+
+    def tallies(self, unit: str) -> dict[str, int]:
+        """Return the running totals of `unit` by series (one indexed read, never a scan).
+
+        Raises:
+            StorageError: the database failed.
+        """
+        with self._reporting("read tallies from"):
+            rows = self._execute(
+                f"SELECT series, value FROM tallies WHERE unit = {self.MARK}", (unit,)
+            ).fetchall()
+        return {series: int(value) for series, value in rows}
+
+    def copy_once(
+        self,
+        key: str,
+        points: Iterable[tuple],
+        ledger: Iterable[tuple],
+        tallies: Iterable[tuple[str, str, int]] = (),
+    ) -> bool:
+        """Store rows of `COLUMNS`, of the ledger and tallies from another store, once for `key`.
 
         Ledger keys already here are kept as they are.
 
@@ -207,6 +248,7 @@ class SQLStorage(BaseStorage):
             self._insert(points)
             for row in ledger:
                 self._execute(claim, row)
+            self._add_tallies(tallies)
         return True
 
     def delete(

@@ -21,7 +21,7 @@ import orjson
 from runner_fs.errors import StorageError
 from runner_fs.storage.sql import COLUMNS, SQLStorage
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: tallies
 BUSY_TIMEOUT = 30.0  # seconds to wait for another writer
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -40,6 +40,9 @@ CREATE TABLE IF NOT EXISTS points (
 CREATE INDEX IF NOT EXISTS points_begin ON points (begin_us);
 CREATE TABLE IF NOT EXISTS ledger (
     key TEXT PRIMARY KEY, stored_us INTEGER NOT NULL, points INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tallies (
+    unit TEXT NOT NULL, series TEXT NOT NULL, value INTEGER NOT NULL, PRIMARY KEY (unit, series)
 );
 """
 # Calendar attributes when a point does not carry them (the collector's formulas), as text.
@@ -133,6 +136,10 @@ class SQLiteStorage(SQLStorage):
                 f"{self.path} has schema version {version}, newer than this runner-fs "
                 f"({SCHEMA_VERSION}); upgrade runner-fs"
             )
+        # Every version's tables are created IF NOT EXISTS above: an older file is upgraded.
+        db.execute(
+            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+        )
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -158,7 +165,7 @@ class SQLiteStorage(SQLStorage):
         return str(value)
 
     def move_into(self, target: SQLStorage) -> bool:
-        """Copy every point and ledger key into `target` once, then set this file aside.
+        """Copy every point, ledger key and tally into `target` once, then set this file aside.
 
         The copy is keyed by this file's identity in the target's ledger, so a crash after the
         copy and before the file is renamed `<name>.moved-<id>` never copies twice.
@@ -172,7 +179,8 @@ class SQLiteStorage(SQLStorage):
         store_id = self.store_id
         points = self.db.execute(f"SELECT {COLUMNS} FROM points ORDER BY id")
         ledger = self.db.execute("SELECT key, stored_us, points FROM ledger").fetchall()
-        copied = target.copy_once(f"sqlite-store/{store_id}", points, ledger)
+        tallies = self.db.execute("SELECT unit, series, value FROM tallies").fetchall()
+        copied = target.copy_once(f"sqlite-store/{store_id}", points, ledger, tallies)
         self.close()
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
