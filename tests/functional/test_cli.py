@@ -46,7 +46,10 @@ def test_the_lifecycle_through_the_command_line(config, base_dir):
     assert [(r["runner"], r["state"], r["mounted"], r["size"]) for r in listed] == [
         ("r1", "running", True, 1 << 20)
     ]
-    assert json.loads(run(config, "release", "r1", "--json").stdout) == {"runner": "r1"}
+    assert json.loads(run(config, "release", "r1", "--json").stdout) == {
+        "runner": "r1",
+        "released": True,
+    }
     assert json.loads(run(config, "list", "--json").stdout)[0]["state"] == "released"
     assert json.loads(run(config, "get", "r1", "--json").stdout)["path"] == str(path)
 
