@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runner_fs import archive, demo, health
+from runner_fs import archive, demo, exporter, health
 from runner_fs.config import DEFAULT_BASE_DIR, ConfigError, HostConfig, load_config
 from runner_fs.errors import RunnerFsError
 from runner_fs.reconcile import Progress, at_tenth, list_filesystems
@@ -152,6 +152,12 @@ def _cmd_demo(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 NAGIOS_LABELS = ("OK", "WARNING", "CRITICAL")
+METRICS_PORT = 10242  # outside 9100-9999, which Prometheus' port allocations fill
+
+
+def _cmd_serve_metrics(args: argparse.Namespace) -> tuple[Any, str]:
+    exporter.serve(args.config, args.address, args.port)  # returns only when killed
+    return {}, ""
 
 
 def _cmd_check(args: argparse.Namespace) -> tuple[Any, str]:
@@ -238,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--critical", type=float, default=10, metavar="PERCENT",
                      help="free-space: critical below this share free")  # fmt: skip
+    sub = command("serve-metrics", _cmd_serve_metrics, "serve Prometheus metrics until killed")
+    sub.add_argument("--address", default="127.0.0.1", help="address to listen on (%(default)s)")
+    sub.add_argument("--port", type=int, default=METRICS_PORT, help="port (%(default)s)")
     sub = command("demo", _cmd_demo, "the whole flow with simulated runners; cleans up")
     sub.add_argument("--runners", type=int, default=12, help="simulated runners (2-500)")
     return parser

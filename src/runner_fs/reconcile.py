@@ -82,7 +82,7 @@ def at_tenth(done: int, total: int) -> bool:
 
 
 def list_filesystems(
-    manager: SharedFilesystemManager, max_runner_age: datetime.timedelta
+    manager: SharedFilesystemManager, max_runner_age: datetime.timedelta, mount: bool = True
 ) -> list[dict[str, Any]]:
     """Describe every filesystem as `list` shows it: sizes in bytes, `created` ISO 8601 UTC.
 
@@ -100,7 +100,7 @@ def list_filesystems(
             "released": info.record.released if info.record else None,
             "state": filesystem_state(info, now, max_runner_age),
         }
-        for info in manager.list_info()
+        for info in manager.list_info(mount)
     ]
 
 

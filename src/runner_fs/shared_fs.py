@@ -436,9 +436,16 @@ class SharedFilesystemManager:
         """Return the runners that have a filesystem, without mounting anything."""
         return sorted(self._scan()[0])
 
-    def list_info(self) -> list[FilesystemInfo]:
-        """Describe every filesystem, broken ones included, mounting what can be mounted."""
-        healthy = {storage.runner_name for storage in self.list_all()}
+    def list_info(self, mount: bool = True) -> list[FilesystemInfo]:
+        """Describe every filesystem, broken ones included, mounting what can be mounted.
+
+        With `mount=False` nothing on the machine changes: what is not mounted is described
+        from its record alone (broken only when the record or the image is missing).
+        """
+        if mount:
+            healthy = {storage.runner_name for storage in self.list_all()}
+        else:
+            healthy = set(host.mounts_under(self.mounts_dir))
         names, _ = self._scan()
         infos = []
         for name in sorted(names):
@@ -449,7 +456,7 @@ class SharedFilesystemManager:
             except GetMetricsStorageError as exc:
                 record, broken = None, str(exc)
             else:
-                if name not in healthy:
+                if name not in healthy and (mount or not self._image(name).exists()):
                     broken = self._broken_reason(name)
             used = None
             if name in healthy:
