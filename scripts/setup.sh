@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what runner-fs needs on a fresh Debian or Ubuntu host (as root) into ./.venv.
 #   scripts/setup.sh          the command line and its core (enough for the demo)
-#   scripts/setup.sh test     also the test tools, CloudKitty and a PostgreSQL server
+#   scripts/setup.sh test     also the test tools, CloudKitty, PostgreSQL and Prometheus
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-run}
@@ -14,6 +14,8 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ "$mode" = test ]; then
   # The PostgreSQL backend's tests start a throw-away server of their own (never the system one).
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
+  # promtool checks the alert rules and dashboard; a throw-away Prometheus scrapes the exporter.
+  command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq

@@ -156,7 +156,7 @@ METRICS_PORT = 10242  # outside 9100-9999, which Prometheus' port allocations fi
 
 
 def _cmd_serve_metrics(args: argparse.Namespace) -> tuple[Any, str]:
-    exporter.serve(args.config, args.address, args.port)  # returns only when killed
+    exporter.serve(args.config, args.address, args.port, args.interval)  # only killed
     return {}, ""
 
 
@@ -247,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("serve-metrics", _cmd_serve_metrics, "serve Prometheus metrics until killed")
     sub.add_argument("--address", default="127.0.0.1", help="address to listen on (%(default)s)")
     sub.add_argument("--port", type=int, default=METRICS_PORT, help="port (%(default)s)")
+    sub.add_argument("--interval", type=float, default=5, metavar="MINUTES",
+                     help="minutes between passes (for the stale-harvest alert)")  # fmt: skip
     sub = command("demo", _cmd_demo, "the whole flow with simulated runners; cleans up")
     sub.add_argument("--runners", type=int, default=12, help="simulated runners (2-500)")
     return parser

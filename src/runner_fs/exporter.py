@@ -47,9 +47,13 @@ HISTOGRAMS = {
 class HostCollector:
     """Collects one host's metrics at each scrape."""
 
-    def __init__(self, config: HostConfig) -> None:
-        """Read the host described by `config`; storage is opened at the first scrape."""
+    def __init__(self, config: HostConfig, interval: float) -> None:
+        """Read the host described by `config`, harvested every `interval` minutes.
+
+        Storage is opened at the first scrape.
+        """
         self.config = config
+        self.interval = interval
         self._storage: BaseStorage | None = None
 
     def describe(self) -> list[Metric]:
@@ -104,6 +108,10 @@ class HostCollector:
             "runner_fs_free_bytes", "Bytes free where images live, for unprivileged users.",
             value=stats.f_bavail * stats.f_frsize,
         )  # fmt: skip
+        yield GaugeMetricFamily(
+            "runner_fs_capacity_bytes", "Size of the filesystem where images live.",
+            value=stats.f_blocks * stats.f_frsize,
+        )  # fmt: skip
         images = str(manager.images_dir) + "/"
         in_use = sum(1 for path in host.loop_backing_files() if path.startswith(images))
         yield GaugeMetricFamily(
@@ -111,6 +119,10 @@ class HostCollector:
         )
 
     def _passes(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "runner_fs_reconcile_interval_seconds", "Time between two harvest passes.",
+            value=self.interval * 60,
+        )  # fmt: skip
         record = last_reconcile(self.config.base_dir) or {}
         if record.get("last_success"):
             success = datetime.datetime.fromisoformat(record["last_success"]).timestamp()
@@ -165,14 +177,16 @@ class _QuietHandler(WSGIRequestHandler):
         """Log nothing per request (Prometheus scrapes every few seconds)."""
 
 
-def serve(config: HostConfig, address: str, port: int) -> None:
+def serve(config: HostConfig, address: str, port: int, interval: float) -> None:
     """Serve the host's metrics at http://ADDRESS:PORT/metrics until killed.
+
+    `interval`, minutes between harvest passes, is exported for the stale-harvest alert.
 
     Raises:
         OSError: the address cannot be bound.
     """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(HostCollector(config))
+    registry.register(HostCollector(config, interval))
     app = make_wsgi_app(registry)
     with make_server(address, port, app, handler_class=_QuietHandler) as server:
         print(f"serving metrics on http://{address}:{port}/metrics", file=sys.stderr, flush=True)

@@ -136,10 +136,10 @@ class SQLiteStorage(SQLStorage):
                 f"{self.path} has schema version {version}, newer than this runner-fs "
                 f"({SCHEMA_VERSION}); upgrade runner-fs"
             )
-        # Every version's tables are created IF NOT EXISTS above: an older file is upgraded.
-        db.execute(
-            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
-        )
+        if int(version) < SCHEMA_VERSION:  # its new tables were created IF NOT EXISTS above
+            db.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+            )
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
