@@ -21,7 +21,7 @@ from runner_fs.errors import StorageError
 from runner_fs.reconcile import Reconciler
 from runner_fs.shared_fs import SharedFilesystemManager, purge
 from runner_fs.storage import get_storage
-from runner_fs.storage.postgresql import PostgreSQLStorage
+from runner_fs.storage.postgresql import SCHEMA_VERSION, PostgreSQLStorage
 from tests.postgres import PostgresServer, running_server
 
 from .conftest import OWNER, bound_images, kill_after_lines
@@ -117,7 +117,7 @@ def test_units_starting_together_create_the_schema_once(postgres_server):
 
     assert [s.returncode for s in starters] == [0] * 6, errors
     with psycopg.connect(dsn) as db:
-        assert db.execute("SELECT value FROM meta").fetchall() == [("1",)]
+        assert db.execute("SELECT value FROM meta").fetchall() == [(str(SCHEMA_VERSION),)]
 
 
 def _config(tmp_path: Path, base: Path, dsn: str, unit: str) -> Path:
