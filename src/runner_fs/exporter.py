@@ -22,6 +22,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.utils import floatToGoString
 
 from runner_fs import host, tallies
 from runner_fs.config import HostConfig
@@ -161,7 +162,7 @@ def _harvests(counts: dict[str, int]) -> Iterator[Metric]:
     for name, series in samples.items():
         family = HistogramMetricFamily(name, HISTOGRAMS[name], labels=label_names[name])
         for label_pairs, parts in sorted(series.items()):
-            buckets = [(str(b), parts.get(f"bucket{b}", 0)) for b in tallies.BUCKETS]
+            buckets = [(floatToGoString(b), parts.get(f"bucket{b}", 0)) for b in tallies.BUCKETS]
             buckets.append(("+Inf", parts.get("bucket+Inf", 0)))
             values = dict(label_pairs)
             family.add_metric(
