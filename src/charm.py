@@ -16,6 +16,7 @@ from charmlibs.systemd import SystemdError
 from charms.runner_fs.v0.runner_fs import RunnerFsProvider
 from pydantic import ValidationError
 
+import cos_agent
 import nagios
 from charm_state import CharmConfig, CharmState, InvalidConfigError, option_error
 from database import DatabaseRequirer
@@ -66,7 +67,7 @@ class RunnerFsCharm(ops.CharmBase):
             self.on.update_status, database.relation_changed, database.relation_broken,
         ):  # fmt: skip
             framework.observe(event, self._on_converge)
-        for name in (nagios.RELATION, PROVISIONER):
+        for name in (nagios.RELATION, PROVISIONER, cos_agent.RELATION):
             relation = self.on[name]
             for event in (relation.relation_joined, relation.relation_changed,
                           relation.relation_broken):  # fmt: skip
@@ -148,6 +149,10 @@ class RunnerFsCharm(ops.CharmBase):
             logger.error("the reconcile timer is not running: %s", exc)
             self._converge_problem = f"the reconcile timer could not be started: {exc}"
         self._publish(state)
+        if state is not None:
+            for relation in self.model.relations[cos_agent.RELATION]:
+                data = cos_agent.unit_databag(state.config.metrics_port, self.app.name)
+                relation.data[self.unit].update(data)
         return state
 
     def _publish(self, state: CharmState | None) -> None:

@@ -35,6 +35,7 @@ class CharmConfig(BaseModel):
     storage_backend: Literal["sqlite", "postgresql"] = "sqlite"
     filesystem_owner: str = DEFAULT_OWNER
     rates: str = ""
+    metrics_port: int = Field(10242, ge=1, le=65535)
     nagios_context: str = "juju"  # read by charmhelpers' NRPE support
     nagios_servicegroups: str = ""
 
@@ -53,7 +54,12 @@ class CharmConfig(BaseModel):
 
     def host_settings(self) -> dict[str, object]:
         """Return the options the host config file takes, under its keys."""
-        charm_only = {"reconcile_interval", "nagios_context", "nagios_servicegroups"}
+        charm_only = {
+            "reconcile_interval",
+            "metrics_port",
+            "nagios_context",
+            "nagios_servicegroups",
+        }
         options = self.model_dump(exclude=charm_only)
         return {key.replace("_", "-"): value for key, value in options.items()}
 

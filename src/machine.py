@@ -29,6 +29,7 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 JUJU_EXEC = "/usr/bin/juju-exec"
 SERVICE = "runner-fs-reconcile.service"
 TIMER = "runner-fs-reconcile.timer"
+METRICS = "runner-fs-metrics.service"
 SYSTEMD_DIR = Path("/etc/systemd/system")
 WRAPPER = Path("/usr/local/bin/runner-fs")
 DATABASE_CA = CONFIG_PATH.parent / "postgresql-ca.pem"
@@ -81,9 +82,11 @@ class Machine:
     def converge(
         self, state: CharmState, unit_name: str, charm_dir: Path, nagios: bool = False
     ) -> list[Path]:
-        """Render every file from `state`; the timer is left enabled and active every time.
+        """Render every file from `state`; leave the timer and the metrics service active.
 
-        With `nagios`, the NRPE plugin `check_runner_fs` is installed too (else removed).
+        Both are enabled and started on every call (one stopped by hand comes back), and the
+        metrics service is restarted when its settings change. With `nagios`, the NRPE plugin
+        `check_runner_fs` is installed too (else removed).
 
         Returns:
             The files that changed.
@@ -112,6 +115,11 @@ class Machine:
                 {"interval": interval, "delay": interval * 12},
                 0o644,
             ),
+            SYSTEMD_DIR / METRICS: (
+                "runner-fs-metrics.service.j2",
+                {"wrapper": WRAPPER, "port": state.config.metrics_port, "interval": interval},
+                0o644,
+            ),
             WRAPPER: (
                 "runner-fs.j2",
                 {
@@ -137,7 +145,10 @@ class Machine:
         start_harvest_clock(state.host.base_dir)
         if any(path.parent == SYSTEMD_DIR for path in changed):
             systemd.daemon_reload()
-        systemd.service_resume(TIMER)  # unmask, enable --now, then check it is active
+        for unit in (TIMER, METRICS):
+            systemd.service_resume(unit)  # unmask, enable --now, then check it is active
+        if {CONFIG_PATH, SYSTEMD_DIR / METRICS} & set(changed):
+            systemd.service_restart(METRICS)  # it reads the host config when it starts
         return changed
 
     def remove(self, *, host_config: bool) -> None:
@@ -151,8 +162,10 @@ class Machine:
             steps += [
                 (f"disable {TIMER}", lambda: systemd.service_disable("--now", TIMER)),
                 (f"stop {SERVICE}", lambda: systemd.service_stop(SERVICE)),
+                (f"disable {METRICS}", lambda: systemd.service_disable("--now", METRICS)),
             ]
-        removed = [SYSTEMD_DIR / TIMER, SYSTEMD_DIR / SERVICE, WRAPPER, NAGIOS_PLUGIN]
+        removed = [SYSTEMD_DIR / TIMER, SYSTEMD_DIR / SERVICE, SYSTEMD_DIR / METRICS, WRAPPER]
+        removed += [NAGIOS_PLUGIN]
         removed += [CONFIG_PATH, DATABASE_CA] if host_config else []
         steps += [
             (f"remove {path}", functools.partial(self._path(path).unlink, missing_ok=True))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
+import lzma
 import os
 import re
 import stat
@@ -75,13 +77,15 @@ def test_install_renders_config_timer_and_wrapper(ctx, root):
     wrapper = root / "usr/local/bin/runner-fs"
     assert wrapper.stat().st_mode & 0o111
     assert f'RUNNER_FS_CONFIG="{root}/etc/runner-fs/config.yaml"' in wrapper.read_text()
-    assert systemctl_calls(root) == ["daemon-reload", *RESUME_TIMER]
+    assert systemctl_calls(root) == [
+        "daemon-reload", *RESUME_TIMER, "restart runner-fs-metrics.service"
+    ]  # fmt: skip
 
 
 RESUME_TIMER = [
-    "unmask runner-fs-reconcile.timer",
-    "enable --now runner-fs-reconcile.timer",
-    "--quiet is-active runner-fs-reconcile.timer",
+    f"{action} runner-fs-{unit}"
+    for unit in ("reconcile.timer", "metrics.service")
+    for action in ("unmask", "enable --now", "--quiet is-active")
 ]
 
 
@@ -94,7 +98,9 @@ def test_converging_again_writes_nothing_but_keeps_the_timer_enabled_and_active(
     ctx.run(ctx.on.update_status(), state)
 
     assert (root / "etc/runner-fs/config.yaml").stat().st_mtime_ns == before
-    assert systemctl_calls(root) == ["daemon-reload", *RESUME_TIMER * 3]
+    assert systemctl_calls(root) == [
+        "daemon-reload", *RESUME_TIMER, "restart runner-fs-metrics.service", *RESUME_TIMER * 2
+    ]  # fmt: skip
 
 
 def test_a_failing_systemctl_blocks_with_its_stderr_and_is_retried(ctx, root):
@@ -172,9 +178,10 @@ def test_stop_removes_timer_and_wrapper_but_keeps_data(ctx, root):
     assert not (root / "etc/systemd/system/runner-fs-reconcile.timer").exists()
     assert not (root / "usr/local/bin/runner-fs").exists()
     assert (root / "var/lib/runner-fs/metrics.db").read_text() == "kept"
-    assert systemctl_calls(root)[-3:] == [
+    assert systemctl_calls(root)[-4:] == [
         "disable --now runner-fs-reconcile.timer",
         "stop runner-fs-reconcile.service",
+        "disable --now runner-fs-metrics.service",
         "daemon-reload",
     ]
     assert (root / "etc/runner-fs/config.yaml").exists()  # until remove
@@ -623,3 +630,39 @@ def test_upgrade_with_postgresql_down_logs_and_says_so_in_status(ctx, root, post
     assert isinstance(out.unit_status, testing.BlockedStatus)
     assert "storage schema not upgraded (the next pass will)" in out.unit_status.message
     assert _rendered(root)["storage-backend"] == "postgresql"
+
+
+def test_cos_agent_gets_the_scrape_job_rules_and_dashboard_a_collector_decodes(ctx, root):
+    cos = testing.SubordinateRelation("cos-agent", remote_app_name="opentelemetry-collector")
+    state = testing.State(config={**VALID, "metrics-port": 10300}, relations=[cos])
+
+    out = ctx.run(ctx.on.relation_joined(cos), state)
+
+    data = json.loads(out.get_relation(cos.id).local_unit_data["config"])  # as a collector reads
+    assert data["metrics_scrape_jobs"] == [{
+        "job_name": "runner-fs_metrics", "metrics_path": "/metrics",
+        "static_configs": [{"targets": ["localhost:10300"]}],
+    }]  # fmt: skip
+    alerts = {rule["alert"] for g in data["metrics_alert_rules"]["groups"] for rule in g["rules"]}
+    assert "RunnerFsHarvestStale" in alerts
+    (dashboard,) = data["dashboards"]
+    decoded = json.loads(lzma.decompress(base64.b64decode(dashboard)))
+    assert decoded["title"] == "runner-fs"
+    assert (data["log_slots"], data["log_alert_rules"], data["subordinate"]) == ([], {}, True)
+
+
+def test_the_metrics_service_listens_on_the_configured_port_on_loopback(ctx, root):
+    ctx.run(ctx.on.config_changed(), testing.State(config={**VALID, "metrics-port": 10300}))
+
+    service = (root / "etc/systemd/system/runner-fs-metrics.service").read_text()
+
+    assert (
+        "ExecStart=/usr/local/bin/runner-fs serve-metrics --address 127.0.0.1 --port 10300"
+        " --interval 5" in service
+    )
+
+
+def test_a_bad_metrics_port_is_blocked_naming_it(ctx, root):
+    out = ctx.run(ctx.on.config_changed(), testing.State(config={**VALID, "metrics-port": 0}))
+
+    assert out.unit_status.message.startswith("invalid config: metrics-port=0")

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from charm_state import CharmConfig, CharmState
-from machine import SERVICE, SYSTEMD_DIR, TIMER, Machine
+from machine import METRICS, SERVICE, SYSTEMD_DIR, TIMER, Machine
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = yaml.safe_load((REPO / "charmcraft.yaml").read_text())
@@ -30,6 +30,7 @@ def test_config_options_are_the_contract():
         "storage-backend": ("string", "sqlite"),
         "filesystem-owner": ("string", "ubuntu:ubuntu"),
         "rates": ("string", ""),
+        "metrics-port": ("int", 10242),
         "nagios_context": ("string", "juju"),
         "nagios_servicegroups": ("string", ""),
     }
@@ -77,7 +78,7 @@ def test_rendered_units_pass_systemd_analyze_verify(tmp_path, monkeypatch):
     units = tmp_path / SYSTEMD_DIR.relative_to("/")
 
     result = subprocess.run(
-        ["systemd-analyze", "verify", str(units / TIMER), str(units / SERVICE)],
+        ["systemd-analyze", "verify", str(units / TIMER), str(units / SERVICE), str(units / METRICS)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
 
