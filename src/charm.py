@@ -265,9 +265,19 @@ class RunnerFsCharm(ops.CharmBase):
         except (InvalidConfigError, MachineTakenError) as exc:
             event.fail(str(exc))
             return
-        rows = list_filesystems(state.host.manager(), state.host.max_age)
+        manager = state.host.manager()
+        rows = list_filesystems(manager, state.host.max_age)
         counts = collections.Counter(row["state"] for row in rows)
-        event.set_results({"filesystems": json.dumps(rows), "counts": json.dumps(counts)})
+        archives = [
+            {"archive": str(path), "size": stat.st_size,
+             "created": datetime.datetime.fromtimestamp(stat.st_mtime, datetime.timezone.utc)
+             .isoformat(timespec="seconds")}
+            for path, stat in manager.archives()
+        ]  # fmt: skip
+        event.set_results({
+            "filesystems": json.dumps(rows), "counts": json.dumps(counts),
+            "archives": json.dumps(archives),
+        })  # fmt: skip
 
     def _on_quarantine_action(self, event: ops.ActionEvent) -> None:
         try:

@@ -35,6 +35,8 @@ class CharmConfig(BaseModel):
     storage_backend: Literal["sqlite", "postgresql"] = "sqlite"
     filesystem_owner: str = DEFAULT_OWNER
     rates: str = ""
+    quarantine_retention: float = 30
+    quarantine_max_size: str = "1G"
     metrics_port: int = Field(10242, ge=1, le=65535)
     nagios_context: str = "juju"  # read by charmhelpers' NRPE support
     nagios_servicegroups: str = ""

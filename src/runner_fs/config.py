@@ -22,7 +22,12 @@ from runner_fs.reconcile import (
     ReconcileResult,
     record_reconcile,
 )
-from runner_fs.shared_fs import SharedFilesystemManager, parse_size, resolve_owner
+from runner_fs.shared_fs import (
+    SharedFilesystemManager,
+    parse_bytes,
+    parse_size,
+    resolve_owner,
+)
 from runner_fs.storage import BaseStorage, get_storage
 from runner_fs.storage.sql import SQLStorage
 from runner_fs.storage.sqlite import SQLiteStorage
@@ -51,6 +56,8 @@ class HostConfig(BaseModel):
     max_runner_age: float = Field(24, gt=0, description="hours")
     retention_period: float = Field(2400, gt=0, description="hours")
     rates: str = ""
+    quarantine_retention: float = Field(30, gt=0, description="days")
+    quarantine_max_size: str = "1G"
     storage_backend: Literal["sqlite", "postgresql"] = "sqlite"
     storage_options: dict[str, str] = Field(default_factory=dict)
     unit: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
@@ -66,6 +73,12 @@ class HostConfig(BaseModel):
     def _owner(cls, value: str) -> str:
         if value != DEFAULT_OWNER:  # the default may be absent (Debian): see `owner`
             resolve_owner(value)
+        return value
+
+    @field_validator("quarantine_max_size")
+    @classmethod
+    def _bytes(cls, value: str) -> str:
+        parse_bytes(value)
         return value
 
     @field_validator("rates")
@@ -167,6 +180,8 @@ class HostConfig(BaseModel):
             retention=self.retention,
             rates=self.rate_table,
             lock_timeout=lock_timeout,
+            quarantine_retention=datetime.timedelta(days=self.quarantine_retention),
+            quarantine_max_bytes=parse_bytes(self.quarantine_max_size),
         )
 
     def reconcile(

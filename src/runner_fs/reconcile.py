@@ -172,6 +172,8 @@ class Reconciler:
         retention: datapoints older than this are deleted from storage after each pass.
         rates: price per hour by flavor.
         lock_timeout: seconds to wait for another pass before giving up.
+        quarantine_retention: archives older than this are removed after each pass.
+        quarantine_max_bytes: the oldest archives are removed while they exceed this.
     """
 
     manager: SharedFilesystemManager
@@ -181,6 +183,8 @@ class Reconciler:
     retention: datetime.timedelta | None = None
     rates: Mapping[str, decimal.Decimal] = dataclasses.field(default_factory=dict)
     lock_timeout: float = 60.0
+    quarantine_retention: datetime.timedelta | None = None
+    quarantine_max_bytes: int | None = None
 
     def run(self, progress: Progress | None = None) -> ReconcileResult:
         """Run one pass under the reconcile lock.
@@ -207,6 +211,7 @@ class Reconciler:
                     progress(done, len(infos))
             if storage_ok:
                 self._apply_retention(now, result)
+            self._prune_quarantine(result)
             result.duration = time.monotonic() - started
             record_reconcile(self.manager.base_dir, result)
         logger.info("reconcile: %s", result.as_dict())
@@ -271,6 +276,17 @@ class Reconciler:
             result.fail(f"runner {name}: cannot quarantine: {exc}")
             return
         result.quarantined += 1
+
+    def _prune_quarantine(self, result: ReconcileResult) -> None:
+        if self.quarantine_retention is None and self.quarantine_max_bytes is None:
+            return
+        try:
+            self.manager.prune_quarantine(
+                self.quarantine_retention or datetime.timedelta.max,
+                self.quarantine_max_bytes if self.quarantine_max_bytes is not None else 1 << 62,
+            )
+        except OSError as exc:
+            result.fail(f"quarantine housekeeping: {exc}")
 
     def _apply_retention(self, now: datetime.datetime, result: ReconcileResult) -> None:
         if self.retention is None:

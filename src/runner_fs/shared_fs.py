@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -52,8 +52,8 @@ RUNNER_NAME_RULE = "1-63 characters of a-z, 0-9, '.', '_' or '-', starting with 
 _RUNNER_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _LABEL_VALUE = re.compile(r"[\x21-\x7e]{0,128}")  # printable ASCII, no spaces
-_SIZE = re.compile(r"(\d+)\s*([kmg]?)(?:i?b)?", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+_SIZE = re.compile(r"(\d+)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 MIN_SIZE = 128 << 10  # the smallest ext4 mkfs.ext4 makes
 MAX_SIZE = 1 << 30  # metrics need kilobytes: anything larger is a typo
 FREE_SPACE_MARGIN = 16 << 20
@@ -74,16 +74,30 @@ def validate_runner_name(runner_name: str) -> str:
     return runner_name
 
 
+def parse_bytes(size: str) -> int:
+    """Parse a human size such as "1M", "512K", "64MiB" or "2T" into bytes (powers of 1024).
+
+    Raises:
+        ValueError: not a size.
+    """
+    match = _SIZE.fullmatch(str(size).strip())
+    if not match:
+        raise ValueError(f"invalid size {size!r:.40}: use a number with K, M, G or T")
+    return int(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
 def parse_size(size: str) -> int:
-    """Parse a human size such as "1M", "512K" or "64MiB" into bytes.
+    """Parse the size of a filesystem, such as "1M" or "512K", into bytes.
 
     Raises:
         ValueError: not a size, not a whole number of KiB, or outside what we make.
     """
-    match = _SIZE.fullmatch(str(size).strip())
-    if not match:
-        raise ValueError(f"invalid filesystem size {size!r:.40}: use a number with K, M or G")
-    value = int(match.group(1)) * _UNITS[match.group(2).lower()]
+    try:
+        value = parse_bytes(size)
+    except ValueError:
+        raise ValueError(
+            f"invalid filesystem size {size!r:.40}: use a number with K, M or G"
+        ) from None
     if value % 1024:
         raise ValueError(f"invalid filesystem size {size!r}: must be a whole number of KiB")
     if not MIN_SIZE <= value <= MAX_SIZE:
@@ -598,6 +612,38 @@ class SharedFilesystemManager:
         marker.write_text(str(path), encoding="utf-8")
         self._remove(name)
         return path
+
+    def archives(self) -> list[tuple[Path, os.stat_result]]:
+        """Return the quarantine archives, oldest first, with their stat."""
+        found = []
+        for path in self.quarantine_dir.glob("*.tar.gz"):
+            try:
+                found.append((path, path.stat()))
+            except FileNotFoundError:  # removed meanwhile
+                continue
+        return sorted(found, key=lambda item: (item[1].st_mtime, item[0].name))
+
+    def prune_quarantine(self, max_age: timedelta, max_bytes: int) -> list[Path]:
+        """Remove the oldest archives older than `max_age`, then while they exceed `max_bytes`.
+
+        Returns:
+            The archives removed, each also logged.
+        """
+        archives = self.archives()
+        cutoff = time.time() - max_age.total_seconds()
+        total = sum(stat.st_size for _, stat in archives)
+        removed = []
+        for path, stat in archives:
+            if stat.st_mtime >= cutoff and total <= max_bytes:
+                break
+            path.unlink(missing_ok=True)
+            total -= stat.st_size
+            removed.append(path)
+            logger.info(
+                "removed quarantine archive %s (%d bytes)", path.name, stat.st_size,
+                extra={"event": "quarantine-removed", "archive": str(path)},
+            )  # fmt: skip
+        return removed
 
     def unmount_all(self) -> int:
         """Unmount every filesystem, keeping images and records (before a stop or removal).

@@ -104,6 +104,9 @@ def story(packed, second_build, tmp_path_factory, postgres_server):
         seen["active"] = juju.status()
         seen["timer"] = juju.sh("cat /etc/systemd/system/runner-fs-reconcile.timer")
         seen["service"] = juju.sh("cat /etc/systemd/system/runner-fs-reconcile.service")
+        seen["verify"] = juju.sh(
+            "systemd-analyze verify /etc/systemd/system/runner-fs-* 2>&1 && echo verified || true"
+        )
 
         juju.sh(_finished_runner("runner-1", job=100))
         seen["wrapper-list"] = json.loads(juju.sh("/usr/local/bin/runner-fs list --json"))
@@ -195,6 +198,10 @@ def test_the_packed_charm_renders_the_machine_and_is_active(story):
     assert f'juju-exec {UNIT} "JUJU_DISPATCH_PATH=hooks/reconcile ./dispatch"' in story["service"]
     systemctl = story["juju"].calls("systemctl")
     assert ["enable", "--now", "runner-fs-reconcile.timer"] in systemctl
+
+
+def test_the_rendered_units_pass_systemd_analyze_verify(story):
+    assert story["verify"].strip() == "verified", story["verify"]
 
 
 def test_the_wrapper_runs_the_command_line_in_the_packed_venv(story):

@@ -190,7 +190,7 @@ def test_stop_removes_timer_and_wrapper_but_keeps_data(ctx, root):
 def test_list_action_returns_filesystems_and_counts(ctx, root):
     ctx.run(ctx.on.action("list"), testing.State(config=VALID))
 
-    assert ctx.action_results == {"filesystems": "[]", "counts": "{}"}
+    assert ctx.action_results == {"filesystems": "[]", "counts": "{}", "archives": "[]"}
 
 
 @pytest.mark.parametrize(

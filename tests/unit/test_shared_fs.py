@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from runner_fs.errors import CreateMetricsStorageError
 from runner_fs.shared_fs import (
     SharedFilesystemManager,
     _nonzero_blocks,
+    parse_bytes,
     parse_size,
     resolve_owner,
     validate_runner_name,
@@ -52,7 +55,7 @@ def test_sizes_parse_to_bytes(text, size):
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("", "use a number"), ("big", "use a number"), ("1T", "use a number"), ("-1", "use a"),
+    [("", "use a number"), ("big", "use a number"), ("1T", "between 128K and 1G"), ("-1", "use a"),
      ("1.5M", "use a number"), ("1000", "whole number of KiB"), ("64K", "between 128K and 1G"),
      ("2G", "between 128K and 1G"), ("0", "between 128K and 1G")],
 )  # fmt: skip
@@ -136,3 +139,26 @@ def test_listing_an_empty_base_dir_yields_nothing(tmp_path):
     manager = SharedFilesystemManager(Path(tmp_path) / "none")
 
     assert manager._scan() == (set(), set())
+
+
+def test_quarantine_housekeeping_removes_the_oldest_past_age_or_size(tmp_path):
+    manager = SharedFilesystemManager(tmp_path / "base")
+    manager.quarantine_dir.mkdir(parents=True)
+    now = time.time()
+    ages = (("old", 40), ("mid", 5), ("new", 1), ("newest", 0))  # days
+    for name, days in ages:
+        size = 100
+        archive = manager.quarantine_dir / f"{name}-20260101T000000Z.tar.gz"
+        archive.write_bytes(b"x" * size)
+        os.utime(archive, (now - days * 86400, now - days * 86400))
+
+    removed = manager.prune_quarantine(datetime.timedelta(days=30), max_bytes=250)
+
+    assert [path.name.split("-")[0] for path in removed] == ["old", "mid"]
+    assert [path.name.split("-")[0] for path, _ in manager.archives()] == ["new", "newest"]
+    assert manager.prune_quarantine(datetime.timedelta(days=30), max_bytes=250) == []
+
+
+@pytest.mark.parametrize(("text", "value"), [("1G", 1 << 30), ("2T", 2 << 40), ("512", 512)])
+def test_byte_sizes_parse_up_to_terabytes(text, value):
+    assert parse_bytes(text) == value
