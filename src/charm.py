@@ -21,7 +21,7 @@ import nagios
 from charm_state import CharmConfig, CharmState, InvalidConfigError, option_error
 from database import DatabaseRequirer
 from machine import WRAPPER, Machine
-from runner_fs import archive, health, host
+from runner_fs import archive, eventlog, health, host
 from runner_fs.config import ConfigError, load_config
 from runner_fs.errors import RunnerFsError
 from runner_fs.reconcile import ReconcileResult, at_tenth, list_filesystems, record_reconcile
@@ -107,7 +107,11 @@ class RunnerFsCharm(ops.CharmBase):
         if login:
             self.machine.keep_database_ca(login.tls_ca)
             dsn = login.dsn(str(self.machine.database_ca_path))
-        return CharmState.from_config(config, self.unit.name, self.machine.base_dir, dsn)
+        state = CharmState.from_config(
+            config, self.unit.name, self.machine.base_dir, dsn, self.machine.event_log
+        )
+        eventlog.attach(state.host.event_log)
+        return state
 
     def _state_in_use(self) -> CharmState:
         """Return the state harvests may use: PostgreSQL only once the local store is in it.

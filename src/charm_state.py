@@ -90,8 +90,11 @@ class CharmState:
         unit_name: str,
         base_dir: Path,
         database_dsn: str | None = None,
+        event_log: Path | None = None,
     ) -> CharmState:
-        """Map the charm's options onto the host config; the machine gives unit and base_dir.
+        """Map the charm's options onto the host config.
+
+        The machine gives the unit's name, `base_dir` and where events are logged.
 
         With `storage-backend=postgresql` but no `database_dsn` from the relation yet, harvests
         go on into the local SQLite file (moved into PostgreSQL once it is reachable).
@@ -106,7 +109,9 @@ class CharmState:
             else:
                 settings["storage-backend"] = "sqlite"
         try:
-            host = HostConfig.model_validate({**settings, "unit": unit_name, "base-dir": base_dir})
+            host = HostConfig.model_validate(
+                {**settings, "unit": unit_name, "base-dir": base_dir, "event-log": event_log}
+            )
         except ValidationError as exc:
             raise InvalidConfigError(f"invalid config: {describe(exc)}") from None
         return cls(config=config, host=host)

@@ -34,6 +34,8 @@ SYSTEMD_DIR = Path("/etc/systemd/system")
 WRAPPER = Path("/usr/local/bin/runner-fs")
 DATABASE_CA = CONFIG_PATH.parent / "postgresql-ca.pem"
 NAGIOS_PLUGIN = Path("/usr/local/lib/nagios/plugins/check_runner_fs")
+EVENT_LOG = Path("/var/log/runner-fs/runner-fs.log")
+LOGROTATE = Path("/etc/logrotate.d/runner-fs")
 
 
 @dataclasses.dataclass
@@ -54,6 +56,11 @@ class Machine:
     def config_path(self) -> Path:
         """The host config file the command line reads."""
         return self._path(CONFIG_PATH)
+
+    @property
+    def event_log(self) -> Path:
+        """The JSON event log (rotated by logrotate)."""
+        return self._path(EVENT_LOG)
 
     @property
     def timer_path(self) -> Path:
@@ -120,6 +127,7 @@ class Machine:
                 {"wrapper": WRAPPER, "port": state.config.metrics_port, "interval": interval},
                 0o644,
             ),
+            LOGROTATE: ("logrotate.j2", {"path": self.event_log}, 0o644),
             WRAPPER: (
                 "runner-fs.j2",
                 {
@@ -165,7 +173,7 @@ class Machine:
                 (f"disable {METRICS}", lambda: systemd.service_disable("--now", METRICS)),
             ]
         removed = [SYSTEMD_DIR / TIMER, SYSTEMD_DIR / SERVICE, SYSTEMD_DIR / METRICS, WRAPPER]
-        removed += [NAGIOS_PLUGIN]
+        removed += [NAGIOS_PLUGIN, LOGROTATE]
         removed += [CONFIG_PATH, DATABASE_CA] if host_config else []
         steps += [
             (f"remove {path}", functools.partial(self._path(path).unlink, missing_ok=True))

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runner_fs import archive, demo, exporter, health
+from runner_fs import archive, demo, eventlog, exporter, health
 from runner_fs.config import DEFAULT_BASE_DIR, ConfigError, HostConfig, load_config
 from runner_fs.errors import RunnerFsError
 from runner_fs.reconcile import Progress, at_tenth, list_filesystems
@@ -269,14 +269,14 @@ def _emit(args: argparse.Namespace, result: Any, text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run one command and return its exit code."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="runner-fs: %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
+    level = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="runner-fs: %(levelname)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(level)  # the event log may lower the core's level
     try:
         if args.command not in ("demo", "check"):
             args.config = load_config(args.config)
+            eventlog.attach(args.config.event_log)
         result, text = args.handler(args)
     except _PartialFailureError as exc:
         _emit(args, exc.result, str(exc))

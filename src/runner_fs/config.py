@@ -60,6 +60,7 @@ class HostConfig(BaseModel):
     quarantine_max_size: str = "1G"
     storage_backend: Literal["sqlite", "postgresql"] = "sqlite"
     storage_options: dict[str, str] = Field(default_factory=dict)
+    event_log: Path | None = None
     unit: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
 
     @field_validator("filesystem_size")

@@ -256,8 +256,10 @@ class Reconciler:
             return True
         result.harvested += 1
         logger.info(
-            "harvested runner %s (%s): %d datapoints", name, state, points if stored else 0
-        )
+            "harvested runner %s (%s): %d datapoints", name, state, points if stored else 0,
+            extra={"event": "harvest", "runner": name, "state": state,
+                   "datapoints": points if stored else 0},
+        )  # fmt: skip
         return True
 
     def _quarantine(

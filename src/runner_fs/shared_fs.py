@@ -593,7 +593,10 @@ class SharedFilesystemManager:
                 path = self._quarantine(name)
             except (OSError, archive.ArchiveError) as exc:
                 raise QuarantineMetricsStorageError(f"runner {name}: {exc}") from exc
-        logger.warning("quarantined runner %s into %s", name, path)
+        logger.warning(
+            "quarantined runner %s into %s", name, path,
+            extra={"event": "quarantine", "runner": name, "archive": str(path)},
+        )  # fmt: skip
         return path
 
     def _quarantine(self, name: str) -> Path:

@@ -666,3 +666,17 @@ def test_a_bad_metrics_port_is_blocked_naming_it(ctx, root):
     out = ctx.run(ctx.on.config_changed(), testing.State(config={**VALID, "metrics-port": 0}))
 
     assert out.unit_status.message.startswith("invalid config: metrics-port=0")
+
+
+def test_events_are_logged_as_json_under_var_log_and_rotated(ctx, root):
+    ctx.run(ctx.on.install(), testing.State(config=VALID))
+
+    settings = json.loads((root / "etc/runner-fs/config.yaml").read_text().split("\n", 1)[1])
+    rotate = (root / "etc/logrotate.d/runner-fs").read_text()
+
+    assert settings["event-log"] == f"{root}/var/log/runner-fs/runner-fs.log"
+    assert (
+        rotate.startswith("# Rendered by the runner-fs charm")
+        and "create 0640 root adm" in rotate
+    )
+    assert f"{root}/var/log/runner-fs/runner-fs.log {{" in rotate
