@@ -16,6 +16,7 @@ if [ "$mode" = test ]; then
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
   # promtool checks the alert rules and dashboard; a throw-away Prometheus scrapes the exporter.
   command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+  [ -x /usr/sbin/logrotate ] || need_apt+=(logrotate)  # checks the rendered logrotate file
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq

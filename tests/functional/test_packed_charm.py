@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import textwrap
 import zipfile
 from pathlib import Path
@@ -112,6 +113,13 @@ def story(packed, second_build, tmp_path_factory, postgres_server):
         seen["wrapper-list"] = json.loads(juju.sh("/usr/local/bin/runner-fs list --json"))
         juju.dispatch("hooks/reconcile")  # what the timer's service dispatches
         seen["sqlite-report"] = json.loads(juju.sh("/usr/local/bin/runner-fs report --json"))
+        seen["scrape"] = juju.sh(  # the exporter the runner-fs-metrics service runs
+            "/usr/local/bin/runner-fs serve-metrics --port 10299 2> served & pid=$!\n"
+            "until grep -q serving served; do kill -0 $pid; sleep 0.1; done\n"
+            f"{sys.executable} -c 'import urllib.request as u;"
+            ' print(u.urlopen("http://127.0.0.1:10299/metrics").read().decode())\'\n'
+            "kill $pid"
+        )
 
         dbname = "packed_charm"
         postgres_server.create_database(dbname)
@@ -214,6 +222,14 @@ def test_the_timer_event_harvests_into_sqlite_without_package_metadata(story):
     rows = story["sqlite-report"]["results"]
     assert story["sqlite-report"]["total"] == 1
     assert rows[0]["qty"] == 100 + 10 + 90  # job, installation and idle seconds
+
+
+def test_the_packed_exporter_serves_the_harvest_counters(story):
+    assert "runner_fs_runners_harvested_total 1.0" in story["scrape"]
+    assert (
+        'runner_fs_job_duration_seconds_count{flavor="small",status="normal"} 1.0'
+        in (story["scrape"])
+    )
 
 
 def test_the_database_relation_moves_the_local_store_into_postgresql(story):

@@ -89,3 +89,15 @@ def test_moving_the_local_store_carries_its_tallies(tmp_path, postgres_dsn, poin
 
     assert fleet.tallies("host-a") == {"c": 8}
     fleet.close()
+
+
+def test_reading_tallies_is_one_indexed_lookup_not_a_scan(tmp_path):
+    store = get_storage("sqlite", path=tmp_path / "metrics.db")
+    store.push([_frame(T0)] * 50)
+
+    plan = store.db.execute(
+        "EXPLAIN QUERY PLAN SELECT series, value FROM tallies WHERE unit = ?", ("u",)
+    ).fetchall()
+
+    assert "USING INDEX sqlite_autoindex_tallies_1" in plan[0][-1]  # the (unit, series) key
+    store.close()
