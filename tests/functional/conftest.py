@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from runner_fs import host
 from runner_fs.shared_fs import SharedFilesystemManager, purge
@@ -79,3 +80,16 @@ def packed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from .machine_world import pack
 
     return pack(tmp_path_factory.mktemp("packed"))
+
+
+def write_host_config(path: Path, base: Path, unit: str = "host-a", **settings: object) -> Path:
+    """Write a host config file for `base` (SQLite beside `path` unless `settings` say else).
+
+    `settings` take option names with underscores (`event_log=...`).
+    """
+    options = {"base-dir": str(base), "filesystem-owner": OWNER, "flavor": "small", "unit": unit,
+               "storage-options": {"path": str(path.parent / "metrics.db")}}  # fmt: skip
+    options |= {key.replace("_", "-"): value for key, value in settings.items()}
+    path.write_text(yaml.safe_dump(options))
+    path.chmod(0o600)
+    return path

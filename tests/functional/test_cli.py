@@ -12,17 +12,12 @@ import pytest
 
 from runner_fs import host
 
-from .conftest import OWNER, bound_images
+from .conftest import bound_images, write_host_config
 
 
 @pytest.fixture
 def config(tmp_path, base_dir) -> Path:
-    path = tmp_path / "config.yaml"
-    path.write_text(
-        f"base-dir: {base_dir}\nfilesystem-owner: '{OWNER}'\nflavor: small\nunit: host-a\n"
-        f"storage-options:\n  path: {tmp_path / 'metrics.db'}\n"
-    )
-    return path
+    return write_host_config(tmp_path / "config.yaml", base_dir)
 
 
 def run(config: Path | None, *args: str) -> subprocess.CompletedProcess:

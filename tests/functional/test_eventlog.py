@@ -9,7 +9,7 @@ import sys
 
 from runner_fs.metrics import runner as files
 
-from .conftest import OWNER
+from .conftest import write_host_config
 from .test_reconcile import UNIT, write_runner
 
 
@@ -17,10 +17,8 @@ def test_a_pass_logs_each_harvest_and_quarantine_as_json_and_nothing_a_runner_wr
     manager, tmp_path
 ):
     log = tmp_path / "log/runner-fs/runner-fs.log"
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        f"base-dir: {manager.base_dir}\nfilesystem-owner: '{OWNER}'\nflavor: small\n"
-        f"unit: {UNIT}\nstorage-options:\n  path: {tmp_path / 'metrics.db'}\nevent-log: {log}\n"
+    config = write_host_config(
+        tmp_path / "config.yaml", manager.base_dir, UNIT, event_log=str(log)
     )
     write_runner(manager, "good", job=30)
     write_runner(manager, "evil", job=30)

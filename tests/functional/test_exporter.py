@@ -19,7 +19,7 @@ from runner_fs.metrics import runner as files
 from runner_fs.reconcile import Reconciler
 from runner_fs.storage import get_storage
 
-from .conftest import OWNER
+from .conftest import write_host_config
 from .test_reconcile import UNIT, write_runner
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,12 +33,7 @@ def _free_port() -> int:
 
 @pytest.fixture
 def config(tmp_path, manager) -> Path:
-    path = tmp_path / "config.yaml"
-    path.write_text(
-        f"base-dir: {manager.base_dir}\nfilesystem-owner: '{OWNER}'\nflavor: small\n"
-        f"unit: {UNIT}\nstorage-options:\n  path: {tmp_path / 'metrics.db'}\n"
-    )
-    return path
+    return write_host_config(tmp_path / "config.yaml", manager.base_dir, UNIT)
 
 
 class Exporter:

@@ -24,7 +24,7 @@ from runner_fs.storage import get_storage
 from runner_fs.storage.postgresql import SCHEMA_VERSION, PostgreSQLStorage
 from tests.postgres import PostgresServer, running_server
 
-from .conftest import OWNER, bound_images, kill_after_lines
+from .conftest import OWNER, bound_images, kill_after_lines, write_host_config
 from .test_reconcile import WINDOW, _cli, totals, write_runner
 
 UNIT = "runner-fs/0"
@@ -122,12 +122,9 @@ def test_units_starting_together_create_the_schema_once(postgres_server):
 
 def _config(tmp_path: Path, base: Path, dsn: str, unit: str) -> Path:
     path = tmp_path / f"config-{unit.replace('/', '-')}.yaml"
-    path.write_text(
-        f"base-dir: {base}\nfilesystem-owner: '{OWNER}'\nflavor: small\nunit: {unit}\n"
-        f"storage-backend: postgresql\nstorage-options:\n  dsn: '{dsn}'\n"
+    return write_host_config(
+        path, base, unit, storage_backend="postgresql", storage_options={"dsn": dsn}
     )
-    path.chmod(0o600)
-    return path
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ from runner_fs.shared_fs import SharedFilesystemManager
 from runner_fs.storage import get_storage
 from runner_fs.storage.sqlite import SQLiteStorage
 
-from .conftest import OWNER, bound_images, kill_after_lines
+from .conftest import bound_images, kill_after_lines, write_host_config
 
 UNIT = "host-a"
 NOW = time.time()
@@ -234,12 +234,7 @@ def test_retention_deletes_old_datapoints(manager, storage):
 
 
 def _config(tmp_path: Path, base: Path) -> Path:
-    path = tmp_path / "config.yaml"
-    path.write_text(
-        f"base-dir: {base}\nfilesystem-owner: '{OWNER}'\nflavor: small\nunit: {UNIT}\n"
-        f"storage-options:\n  path: {tmp_path / 'metrics.db'}\n"
-    )
-    return path
+    return write_host_config(tmp_path / "config.yaml", base, UNIT)
 
 
 def _cli(config: Path, *args: str) -> subprocess.Popen:

@@ -16,17 +16,13 @@ from charms.runner_fs.v0.runner_fs import (
     RunnerFsStorageManager,
 )
 
-from .conftest import OWNER
+from .conftest import OWNER, write_host_config
 
 
 @pytest.fixture
 def cli(tmp_path, base_dir) -> Path:
     """Return a wrapper like the charm's that also logs each call's arguments."""
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        f"base-dir: {base_dir}\nfilesystem-owner: '{OWNER}'\nflavor: small\nunit: host-a\n"
-        f"storage-options:\n  path: {tmp_path / 'metrics.db'}\n"
-    )
+    config = write_host_config(tmp_path / "config.yaml", base_dir)
     wrapper = tmp_path / "bin-runner-fs"
     wrapper.write_text(
         f'#!/bin/sh\necho "$@" >> {tmp_path / "calls"}\n'
