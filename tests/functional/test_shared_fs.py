@@ -464,3 +464,18 @@ def test_killed_at_random_instants_nothing_leaks(manager):
             manager.delete(name)
     for archive in manager.quarantine_dir.glob("*.tar.gz"):
         assert "MANIFEST.json" in _tar_members(archive)
+
+
+def test_unmounting_everything_before_stop_never_fails_on_a_busy_filesystem(manager):
+    manager.create("idle")
+    busy = manager.create("busy")
+    holder = subprocess.Popen(["sleep", "60"], cwd=busy.path)
+    manager.lock_timeout = 0.5
+    try:
+        unmounted = manager.unmount_all()  # what the charm's stop and remove hooks call
+
+        assert unmounted == 1  # the idle one; the busy one is detached lazily, and logged
+        assert not _mounted(manager)  # both are cut off from the host
+    finally:
+        holder.kill()
+        holder.wait()
