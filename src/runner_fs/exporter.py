@@ -156,14 +156,18 @@ def _harvests(counts: dict[str, int]) -> Iterator[Metric]:
         for name, series in samples.items():
             if sample.startswith(f"{name}_"):
                 part = sample.removeprefix(f"{name}_")
-                bound = labels.pop("le", "")
-                series[tuple(sorted(labels.items()))][f"{part}{bound}"] = value
+                le = labels.pop("le", "")
+                series[tuple(sorted(labels.items()))][f"{part}{le}"] = value
     label_names = {name: list(keys) for name, keys in tallies.HISTOGRAMS.values()}
     for name, series in samples.items():
         family = HistogramMetricFamily(name, HISTOGRAMS[name], labels=label_names[name])
         for label_pairs, parts in sorted(series.items()):
-            buckets = [(floatToGoString(b), parts.get(f"bucket{b}", 0)) for b in tallies.BUCKETS]
-            buckets.append(("+Inf", parts.get("bucket+Inf", 0)))
+            buckets: list[tuple[str, float]] = []
+            below = 0
+            for bound in tallies.BUCKETS:  # cumulate the per-bucket counts, as Prometheus has it
+                below += parts.get(f"bucket{bound}", 0)
+                buckets.append((floatToGoString(bound), below))
+            buckets.append(("+Inf", parts.get("count", 0)))
             values = dict(label_pairs)
             family.add_metric(
                 [values.get(key, "") for key in label_names[name]],

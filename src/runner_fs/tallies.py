@@ -2,7 +2,8 @@
 
 Each series is a Prometheus sample name with its labels, as canonical JSON
 (`["runner_fs_job_duration_seconds_bucket", {"flavor": "small", "le": "60", ...}]`); values
-are integers (histogram sums in microseconds). The exporter turns them back into counters and
+are integers: histogram buckets count the values that fell in each (not cumulated), sums are
+in microseconds. The exporter turns them back into counters and
 histograms, so they survive restarts of the exporter and of the machine and count every
 harvested runner once: they commit in the same transaction as its datapoints and ledger key.
 """
@@ -50,10 +51,10 @@ def harvested(frames: Iterable[DataFrame]) -> Counter[str]:
             name, keys = HISTOGRAMS[metric_type]
             labels = {key: str(point.groupby.get(key) or "") for key in keys}
             seconds = float(point.qty)
-            for bound in BUCKETS:
-                if seconds <= bound:
-                    totals[series(f"{name}_bucket", **labels, le=str(bound))] += 1
-            totals[series(f"{name}_bucket", **labels, le="+Inf")] += 1
+            # Only the bucket the value falls in (the exporter adds them up): three rows a
+            # point, so a harvest writes a dozen small rows whatever the number of buckets.
+            bound = next((str(b) for b in BUCKETS if seconds <= b), "+Inf")
+            totals[series(f"{name}_bucket", **labels, le=bound)] += 1
             totals[series(f"{name}_count", **labels)] += 1
             totals[series(f"{name}_sum_us", **labels)] += round(seconds * MICRO)
     return totals
