@@ -20,7 +20,7 @@ if [ "$mode" = test ]; then
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
