@@ -109,6 +109,11 @@ def story(packed, second_build, tmp_path_factory, postgres_server):
             "systemd-analyze verify /etc/systemd/system/runner-fs-* 2>&1 && echo verified || true"
         )
 
+        seen["released"] = juju.sh(  # a provisioner's calls through the wrapper
+            "/usr/local/bin/runner-fs create runner-0 >/dev/null\n"
+            "/usr/local/bin/runner-fs release runner-0 --json\n"
+            "/usr/local/bin/runner-fs reconcile --json"
+        ).splitlines()
         juju.sh(_finished_runner("runner-1", job=100))
         seen["wrapper-list"] = json.loads(juju.sh("/usr/local/bin/runner-fs list --json"))
         juju.dispatch("hooks/reconcile")  # what the timer's service dispatches
@@ -218,6 +223,12 @@ def test_the_wrapper_runs_the_command_line_in_the_packed_venv(story):
     ]
 
 
+def test_the_command_line_creates_releases_and_reconciles_in_the_packed_venv(story):
+    released, reconciled = map(json.loads, story["released"])
+    assert released == {"runner": "runner-0", "released": True}
+    assert reconciled["harvested"] == 1 and reconciled["errors"] == 0
+
+
 def test_the_timer_event_harvests_into_sqlite_without_package_metadata(story):
     rows = story["sqlite-report"]["results"]
     assert story["sqlite-report"]["total"] == 1
@@ -225,7 +236,7 @@ def test_the_timer_event_harvests_into_sqlite_without_package_metadata(story):
 
 
 def test_the_packed_exporter_serves_the_harvest_counters(story):
-    assert "runner_fs_runners_harvested_total 1.0" in story["scrape"]
+    assert "runner_fs_runners_harvested_total 2.0" in story["scrape"]  # runner-0 and runner-1
     assert (
         'runner_fs_job_duration_seconds_count{flavor="small",status="normal"} 1.0'
         in (story["scrape"])
