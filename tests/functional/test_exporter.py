@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -175,6 +176,9 @@ class Prometheus:
                 break
         else:
             pytest.fail("prometheus ended before it was ready")
+        # Keep reading what it logs, so a full pipe never blocks it.
+        self.drain = threading.Thread(target=self.process.stderr.read, daemon=True)
+        self.drain.start()
 
     def api(self, path: str) -> dict:
         """GET an API path and return its `data`."""
@@ -198,9 +202,12 @@ class Prometheus:
         return float(result[0]["value"][1]) if result else None
 
     def stop(self) -> None:
-        """Stop it."""
+        """Stop it, and close its pipe once everything it wrote was read."""
         self.process.terminate()
-        self.process.communicate(timeout=60)
+        self.process.wait(timeout=60)
+        self.drain.join(timeout=60)
+        assert self.process.stderr is not None
+        self.process.stderr.close()
 
 
 @pytest.fixture
