@@ -6,7 +6,7 @@ Layout under `base_dir`::
     images/NAME.json        the record: uuid, created, size, labels, released
     images/NAME.<op>        intent marker while `creating`, `deleting` or `quarantining`
     mounts/NAME             the mount point (nosuid,nodev,noexec; root owned by the runner user)
-    quarantine/*.tar.gz     archives of quarantined filesystems (0600; pruned by `prune_quarantine`)
+    quarantine/*.tar.gz     archives of quarantined filesystems (0600; pruned after passes)
     locks/                  per-runner lock files and the reconcile lock
     templates/              one freshly made ext4 image per (size, owner), copied on create
 
