@@ -21,9 +21,22 @@ from psycopg import conninfo
 from psycopg.types.json import set_json_loads
 
 from runner_fs.errors import StorageError
-from runner_fs.storage.sql import COLUMNS, SQLStorage
+from runner_fs.storage.sql import COLUMNS, ROLLUP_KEYS, SQLStorage, build_rollups
 
 CONNECT_TIMEOUT = 10  # seconds
+
+
+def _rollup_cell(key: str) -> str:
+    return f"COALESCE('=' || (p.groupby ->> '{key}'), '')"
+
+
+def _regular(key: str) -> str:
+    return (
+        f"(jsonb_typeof(p.groupby -> '{key}') IS NOT DISTINCT FROM 'string'"
+        f" OR NOT (p.groupby ? '{key}' OR p.metadata ? '{key}'))"
+    )
+
+
 _LOCK_ID = 0x72756E6E  # the advisory lock that serialises schema changes across units
 _MIGRATIONS = (
     # version 1
@@ -54,6 +67,19 @@ _MIGRATIONS = (
         unit text NOT NULL, series text NOT NULL, value bigint NOT NULL,
         PRIMARY KEY (unit, series)
     );
+    """,
+    # version 3: exact daily sums by type and ROLLUP_KEYS, built for the points already stored
+    f"""
+    CREATE TABLE rollups (
+        day bigint NOT NULL,
+        type text NOT NULL,
+        {", ".join(f"{key} text NOT NULL" for key in ROLLUP_KEYS)},
+        qty_micro bigint NOT NULL,
+        price_nano bigint NOT NULL,
+        points bigint NOT NULL,
+        PRIMARY KEY (day, type, {", ".join(ROLLUP_KEYS)})
+    ) WITH (fillfactor = 80);
+    {";".join(build_rollups(_rollup_cell, _regular))};
     """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -162,8 +188,15 @@ class PostgreSQLStorage(SQLStorage):
     def _execute(self, sql: str, args: Iterable[Any] = ()) -> psycopg.Cursor:
         return self.db.execute(sql, tuple(args))
 
-    def _decode(self, stored: dict) -> dict:
-        return stored  # psycopg decodes jsonb
+    def _executemany(self, sql: str, rows: list[tuple]) -> None:
+        with self.db.cursor() as cursor:
+            cursor.executemany(sql, rows)
+
+    def _decode(self, stored: dict | str) -> dict:
+        return orjson.loads(stored) if isinstance(stored, str) else stored  # jsonb comes decoded
+
+    rollup_cell = staticmethod(_rollup_cell)
+    regular = staticmethod(_regular)
 
     def _insert(self, rows: Iterable[tuple]) -> None:
         with (

@@ -7,7 +7,16 @@ billionths)::
     points(id, begin_us, end_us, type, unit, qty_micro, price_nano, groupby, metadata,
            description)
     ledger(key PRIMARY KEY, stored_us, points)      exactly-once harvest keys
-    meta(key PRIMARY KEY, value)                    schema_version
+    tallies(unit, series, value)                    running totals of harvests
+    rollups(day, type, flavor, repository, qty_micro, price_nano, points)
+    meta(key PRIMARY KEY, value)                    schema_version, store_id, rollups
+
+Rollups are exact sums of points by UTC day, type and the `ROLLUP_KEYS` attributes, kept in
+the transaction that pushes or deletes the points. A key's cell is `=value` for a text value
+and `` where neither groupby nor metadata has the key; a point with any other value (a
+number, null, an object, or the key only in metadata) cannot be rolled up exactly, so the
+store is marked (`meta.rollups = points`) and answers every total from points from then on.
+`total()` reads whole days from rollups and the rest of the window from points.
 
 A backend supplies its connection, transactions, bulk insert and the few expressions where
 the SQL dialects differ (JSON access, calendar fields, the parameter mark).
@@ -19,7 +28,7 @@ import abc
 import contextlib
 import datetime
 import decimal
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import orjson
@@ -31,6 +40,14 @@ from runner_fs.storage import BaseStorage
 QTY_DIGITS, PRICE_DIGITS = 6, 9
 QTY_SCALE, PRICE_SCALE = 10**QTY_DIGITS, 10**PRICE_DIGITS
 COLUMNS = "begin_us, end_us, type, unit, qty_micro, price_nano, groupby, metadata, description"
+ROLLUP_KEYS = ("flavor", "repository")
+ROLLUP_COLUMNS = f"day, type, {', '.join(ROLLUP_KEYS)}, qty_micro, price_nano, points"
+DAY_US = 86_400_000_000
+# The UTC day of a point's start, rounded down for instants before 1970 too.
+DAY_OF_POINT = (
+    f"(CASE WHEN p.begin_us >= 0 THEN p.begin_us / {DAY_US}"
+    f" ELSE (p.begin_us + 1) / {DAY_US} - 1 END)"
+)
 _MAX_FIXED = 2**62
 _UTC = datetime.timezone.utc
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=_UTC)
@@ -80,13 +97,76 @@ def _fixed(value: object, digits: int, what: str) -> int:
     return scaled
 
 
-def to_rows(dataframes: Iterable[DataFrame]) -> list[tuple]:
-    """Return the rows of `COLUMNS` of every point, all validated first: bad input stores none.
+def _cell(key: str, groupby: Mapping, metadata: Mapping) -> str | None:
+    """Return a point's rollup cell for `key`, or None if it cannot be rolled up exactly."""
+    value = groupby.get(key)
+    if type(value) is str:
+        return "=" + value
+    if value is None and key not in groupby and key not in metadata:
+        return ""
+    return None
+
+
+def build_rollups(cell: Callable[[str], str], regular: Callable[[str], str]) -> list[str]:
+    """Return the SQL that builds the rollups of the points stored before rollups existed.
+
+    Args:
+        cell: the dialect's `rollup_cell`.
+        regular: the dialect's SQL that a point can be rolled up exactly for a key.
+    """
+    keys = range(1, 3 + len(ROLLUP_KEYS))
+    return [
+        f"INSERT INTO rollups ({ROLLUP_COLUMNS}) SELECT {DAY_OF_POINT}, p.type,"
+        f" {', '.join(map(cell, ROLLUP_KEYS))}, SUM(p.qty_micro), SUM(p.price_nano), COUNT(*)"
+        f" FROM points AS p GROUP BY {', '.join(map(str, keys))}",
+        "INSERT INTO meta (key, value) SELECT 'rollups', 'points' WHERE EXISTS (SELECT 1"
+        f" FROM points AS p WHERE NOT ({' AND '.join(map(regular, ROLLUP_KEYS))}))",
+    ]
+
+
+def _uncell(cell: str) -> str | None:
+    """Return the attribute value a rollup cell stands for (None: absent)."""
+    return cell[1:] if cell else None
+
+
+class Rollup:
+    """Exact sums of points by (day, type, cells), to add to or take from the rollups table."""
+
+    def __init__(self) -> None:
+        """Start empty."""
+        self.sums: dict[tuple, list[int]] = {}
+        self.irregular = False
+        """A point could not be rolled up: the store must answer totals from points."""
+
+    def add(
+        self, begin_us: int, type_: str, qty: int, price: int, groupby: Mapping, metadata: Mapping
+    ) -> None:
+        """Count one point."""
+        cells = tuple(_cell(key, groupby, metadata) for key in ROLLUP_KEYS)
+        if None in cells:
+            self.irregular = True
+            return
+        sums = self.sums.get(key := (begin_us // DAY_US, type_, *cells))
+        if sums is None:
+            self.sums[key] = [qty, price, 1]
+        else:
+            sums[0] += qty
+            sums[1] += price
+            sums[2] += 1
+
+    def rows(self) -> list[tuple]:
+        """Return rows of `ROLLUP_COLUMNS`, sorted so concurrent writers lock in one order."""
+        return [(*key, *sums) for key, sums in sorted(self.sums.items())]
+
+
+def to_rows(dataframes: Iterable[DataFrame]) -> tuple[list[tuple], Rollup]:
+    """Return the rows of `COLUMNS` of every point and their rollup; all validated first.
 
     Raises:
         StorageError: a frame or point is invalid.
     """
     rows = []
+    rollup = Rollup()
     for frame in dataframes:
         if not isinstance(frame, DataFrame) and not hasattr(frame, "iterpoints"):
             raise StorageError(f"push takes DataFrames, not {type(frame).__name__}")
@@ -94,13 +174,14 @@ def to_rows(dataframes: Iterable[DataFrame]) -> list[tuple]:
         if end < begin:
             raise StorageError(f"a frame ends ({frame.end}) before it starts ({frame.start})")
         for type_, point in frame.iterpoints():
-            rows.append((begin, end, str(type_), str(point.unit),
-                         _fixed(point.qty, QTY_DIGITS, f"{type_} qty"),
-                         _fixed(point.price, PRICE_DIGITS, f"{type_} price"),
+            qty = _fixed(point.qty, QTY_DIGITS, f"{type_} qty")
+            price = _fixed(point.price, PRICE_DIGITS, f"{type_} price")
+            rows.append((begin, end, str(type_), str(point.unit), qty, price,
                          _to_json(point.groupby, f"{type_} groupby"),
                          _to_json(point.metadata, f"{type_} metadata"),
                          point.description))  # fmt: skip
-    return rows
+            rollup.add(begin, str(type_), qty, price, point.groupby, point.metadata)
+    return rows, rollup
 
 
 class SQLStorage(BaseStorage):
@@ -119,6 +200,10 @@ class SQLStorage(BaseStorage):
     @abc.abstractmethod
     def _execute(self, sql: str, args: Iterable[Any] = ()) -> Any:
         """Run one statement and return its cursor."""
+
+    @abc.abstractmethod
+    def _executemany(self, sql: str, rows: list[tuple]) -> None:
+        """Run one statement for each row."""
 
     @abc.abstractmethod
     def _transaction(self) -> contextlib.AbstractContextManager[None]:
@@ -140,6 +225,16 @@ class SQLStorage(BaseStorage):
     def _group_value(self, key: str) -> tuple[str, list]:
         """Return groupby attribute `key` (calendar fields computed if absent) and its args."""
 
+    @staticmethod
+    @abc.abstractmethod
+    def rollup_cell(key: str) -> str:
+        """Return the SQL of a point's rollup cell for `key` (see `_cell`), for regular points."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def regular(key: str) -> str:
+        """Return the SQL that a point can be rolled up exactly for `key` (see `_cell`)."""
+
     @contextlib.contextmanager
     def _reporting(self, action: str) -> Iterator[None]:
         try:
@@ -155,9 +250,10 @@ class SQLStorage(BaseStorage):
         Raises:
             StorageError: a frame or point is invalid (nothing stored), or the database failed.
         """
-        rows = to_rows(dataframes)
+        rows, rollup = to_rows(dataframes)
         with self._reporting("push to"), self._transaction():
             self._insert(rows)
+            self._add_rollup(rollup)
 
     def push_once(
         self,
@@ -178,7 +274,7 @@ class SQLStorage(BaseStorage):
         Raises:
             StorageError: a frame is invalid, or the database failed (nothing stored).
         """
-        rows = to_rows(dataframes)
+        rows, rollup = to_rows(dataframes)
         now = to_utc_us(datetime.datetime.now(_UTC))
         mark = self.MARK
         with self._reporting("push to"), self._transaction():
@@ -192,10 +288,40 @@ class SQLStorage(BaseStorage):
             if not claimed:
                 return False
             self._insert(rows)
+            self._add_rollup(rollup)
             self._add_tallies(
                 (unit, series, value) for (unit, series), value in (tallies or {}).items()
             )
         return True
+
+    def _add_rollup(self, rollup: Rollup, sign: int = 1) -> None:
+        """Add (or with sign -1, take) sums to the rollups, inside the current transaction."""
+        if rollup.irregular:
+            self._execute(
+                "INSERT INTO meta (key, value) VALUES ('rollups', 'points')"
+                " ON CONFLICT (key) DO NOTHING"
+            )
+        rows = rollup.rows()
+        if not rows:
+            return
+        marks = ", ".join([self.MARK] * (2 + len(ROLLUP_KEYS) + 3))
+        add = ", ".join(f"{name} = rollups.{name} + excluded.{name}"
+                        for name in ("qty_micro", "price_nano", "points"))  # fmt: skip
+        self._executemany(
+            f"INSERT INTO rollups ({ROLLUP_COLUMNS}) VALUES ({marks})"
+            f" ON CONFLICT (day, type, {', '.join(ROLLUP_KEYS)}) DO UPDATE SET {add}",
+            [(*row[:-3], *(sign * sum_ for sum_ in row[-3:])) for row in rows],
+        )
+        if sign < 0:
+            self._execute(
+                f"DELETE FROM rollups WHERE day >= {self.MARK} AND day <= {self.MARK}"
+                " AND points = 0",
+                (rows[0][0], max(row[0] for row in rows)),
+            )
+
+    def rolled_up(self) -> bool:
+        """Return whether totals may be answered from rollups (no irregular point was stored)."""
+        return self._execute("SELECT value FROM meta WHERE key = 'rollups'").fetchone() is None
 
     def _add_tallies(self, rows: Iterable[tuple[str, str, int]]) -> None:
         """Add to running totals, inside the current transaction."""
@@ -242,10 +368,15 @@ class SQLStorage(BaseStorage):
             f"INSERT INTO ledger (key, stored_us, points) VALUES ({mark}, {mark}, {mark})"
             " ON CONFLICT (key) DO NOTHING RETURNING key"
         )
+        points = list(points)
+        rollup = Rollup()
+        for begin_us, _, type_, _, qty, price, groupby, metadata, _ in points:
+            rollup.add(begin_us, type_, qty, price, self._decode(groupby), self._decode(metadata))
         with self._reporting("copy into"), self._transaction():
             if not self._execute(claim, (key, now, 0)).fetchall():
                 return False
             self._insert(points)
+            self._add_rollup(rollup)
             for row in ledger:
                 self._execute(claim, row)
             self._add_tallies(tallies)
@@ -257,9 +388,22 @@ class SQLStorage(BaseStorage):
         end: datetime.datetime | None = None,
         filters: dict | None = None,
     ) -> None:
-        """Delete matching points; None bounds are open (no default month here)."""
+        """Delete matching points and take them from the rollups; None bounds are open."""
         where, args = self._where(begin, end, filters, None, open_bounds=True)
+        cells = ", ".join(self.rollup_cell(key) for key in ROLLUP_KEYS)
         with self._reporting("delete in"), self._transaction():
+            if self.rolled_up():
+                rollup = Rollup()
+                rollup.sums = {
+                    tuple(row[:-3]): list(row[-3:])
+                    for row in self._execute(
+                        f"SELECT {DAY_OF_POINT}, p.type, {cells}, SUM(p.qty_micro),"
+                        f" SUM(p.price_nano), COUNT(*) FROM points AS p WHERE {where}"
+                        f" GROUP BY {', '.join(map(str, range(1, 3 + len(ROLLUP_KEYS))))}",
+                        args,
+                    )
+                }
+                self._add_rollup(rollup, sign=-1)
             self._execute(f"DELETE FROM points AS p WHERE {where}", args)
 
     # -- reading ---------------------------------------------------------------------------
@@ -272,31 +416,43 @@ class SQLStorage(BaseStorage):
         metric_types: str | list[str] | None,
         open_bounds: bool = False,
     ) -> tuple[str, list]:
-        mark = self.MARK
         if not open_bounds:
-            default_begin, default_end = month_window()
-            begin, end = begin or default_begin, end or default_end
+            begin, end = _window(begin, end)
+        return self._where_us(
+            None if begin is None else to_utc_us(begin),
+            None if end is None else to_utc_us(end),
+            *_selection(filters, metric_types),
+        )
+
+    def _where_us(
+        self,
+        begin_us: int | None,
+        end_us: int | None,
+        types: list[str] | None,
+        attributes: dict[str, list[str]],
+        table: str = "points",
+    ) -> tuple[str, list]:
+        """Return the condition on `table` for a half-open window and a `_selection`."""
+        if types is None:
+            return "1 = 0", []
+        mark = self.MARK
         clauses: list[str] = ["1 = 1"]
         args: list[Any] = []
-        if begin is not None:
-            clauses.append(f"p.begin_us >= {mark}")
-            args.append(to_utc_us(begin))
-        if end is not None:
-            clauses.append(f"p.begin_us < {mark}")
-            args.append(to_utc_us(end))
-        types = [metric_types] if isinstance(metric_types, str) else list(metric_types or [])
-        for key, value in (filters or {}).items():
-            values = [
-                str(v) for v in (value if isinstance(value, (list, tuple, set)) else [value])
-            ]
-            if key == "type":
-                types = [t for t in types if t in values] if types else values
-                if not types:
-                    return "1 = 0", []
-                continue
-            value_of, key_args = self._filter_value(str(key))
-            clauses.append(f"{value_of} IN ({', '.join([mark] * len(values))})")
-            args += key_args + values
+        column = "p.begin_us" if table == "points" else "p.day"
+        if begin_us is not None:
+            clauses.append(f"{column} >= {mark}")
+            args.append(begin_us)
+        if end_us is not None:
+            clauses.append(f"{column} < {mark}")
+            args.append(end_us)
+        for key, values in attributes.items():
+            if table == "points":
+                value_of, key_args = self._filter_value(key)
+                wanted = values
+            else:  # a rollup cell is the value after "="
+                value_of, key_args, wanted = f"p.{key}", [], ["=" + value for value in values]
+            clauses.append(f"{value_of} IN ({', '.join([mark] * len(wanted))})")
+            args += key_args + wanted
         if types:
             clauses.append(f"p.type IN ({', '.join([mark] * len(types))})")
             args += types
@@ -358,40 +514,127 @@ class SQLStorage(BaseStorage):
             ValueError: an unknown `time-` groupby syntax.
         """
         groupby = self.parse_groupby_syntax_to_groupby_elements(groupby) or []
-        if not begin or not end:
-            default_begin, default_end = month_window()
-            begin, end = begin or default_begin, end or default_end
-        where, where_args = self._where(begin, end, filters, metric_types)
+        begin, end = _window(begin, end)
+        begin_us, end_us = to_utc_us(begin), to_utc_us(end)
+        types, attributes = _selection(filters, metric_types)
         names = [key for key in groupby if key != "time"]
+        by_time = "time" in groupby
+        first_day, last_day = -(-begin_us // DAY_US), end_us // DAY_US
+        with self._reporting("reading"):
+            if (
+                not by_time
+                and first_day < last_day
+                and {*names, *attributes} <= {"type", *ROLLUP_KEYS}
+                and self.rolled_up()
+            ):
+                rows = self._sum_rollups(names, first_day, last_day, types, attributes)
+                for low, high in ((begin_us, first_day * DAY_US), (last_day * DAY_US, end_us)):
+                    if low < high:
+                        rows += self._sum_points(names, False, low, high, types, attributes)
+                rows = _merged(rows)
+            else:
+                rows = self._sum_points(names, by_time, begin_us, end_us, types, attributes)
+        # Sorted here, not in SQL, so every dialect orders mixed value types alike.
+        width = len(names) + 2 * by_time
+        rows.sort(key=lambda row: [_sort_key(value) for value in row[:width]])
+        results = []
+        row_begin, row_end = _local(begin), _local(end)
+        for row in rows:
+            if by_time:
+                row_begin, row_end = from_utc_us(row[-4]), from_utc_us(row[-3])
+            qty, price = int(row[-2]), int(row[-1])
+            result = {"begin": row_begin, "end": row_end,
+                      "qty": qty / QTY_SCALE, "rate": price / PRICE_SCALE}  # fmt: skip
+            result.update(zip(names, row[: len(names)], strict=True))
+            results.append(result)
+        page = results[offset : offset + limit] if paginate else results
+        return {"total": len(results), "results": page}
+
+    def _sum_points(
+        self,
+        names: list[str],
+        by_time: bool,
+        begin_us: int,
+        end_us: int,
+        types: list[str] | None,
+        attributes: dict[str, list[str]],
+    ) -> list[tuple]:
+        """Return rows (values of `names`, [begin_us, end_us,] qty sum, price sum) from points."""
+        where, where_args = self._where_us(begin_us, end_us, types, attributes)
         keys, args = [], []
         for key in names:
             expression, key_args = ("p.type", []) if key == "type" else self._group_value(key)
             keys.append(expression)
             args += key_args
-        by_time = "time" in groupby
         if by_time:
             keys += ["p.begin_us", "p.end_us"]
         grouping = f" GROUP BY {', '.join(map(str, range(1, len(keys) + 1)))}" if keys else ""
-        sql = (
-            f"SELECT {', '.join(keys) or 'NULL'}, SUM(p.qty_micro), SUM(p.price_nano)"
-            f" FROM points AS p WHERE {where}{grouping}"
-        )
-        with self._reporting("reading"):
-            rows = self._execute(sql, args + where_args).fetchall()
-        # Sorted here, not in SQL, so every dialect orders mixed value types alike.
-        rows.sort(key=lambda row: [_sort_key(value) for value in row[: len(keys)]])
-        results = []
-        row_begin, row_end = _local(begin), _local(end)
-        for row in rows:
-            values, qty, price = row[: len(keys) or 1], row[-2] or 0, row[-1] or 0
-            if by_time:
-                row_begin, row_end = from_utc_us(values[-2]), from_utc_us(values[-1])
-            result = {"begin": row_begin, "end": row_end,
-                      "qty": int(qty) / QTY_SCALE, "rate": int(price) / PRICE_SCALE}  # fmt: skip
-            result.update(zip(names, values[: len(names)], strict=True))
-            results.append(result)
-        page = results[offset : offset + limit] if paginate else results
-        return {"total": len(results), "results": page}
+        rows = self._execute(
+            f"SELECT {''.join(f'{key}, ' for key in keys)}SUM(p.qty_micro), SUM(p.price_nano)"
+            f" FROM points AS p WHERE {where}{grouping}",
+            args + where_args,
+        ).fetchall()
+        return [(*row[:-2], row[-2] or 0, row[-1] or 0) for row in rows]
+
+    def _sum_rollups(
+        self,
+        names: list[str],
+        first_day: int,
+        last_day: int,
+        types: list[str] | None,
+        attributes: dict[str, list[str]],
+    ) -> list[tuple]:
+        """Return rows like `_sum_points` for the whole days [first_day, last_day)."""
+        where, args = self._where_us(first_day, last_day, types, attributes, table="rollups")
+        keys = [f"p.{key}" for key in names]
+        grouping = f" GROUP BY {', '.join(map(str, range(1, len(keys) + 1)))}" if keys else ""
+        rows = self._execute(
+            f"SELECT {''.join(f'{key}, ' for key in keys)}SUM(p.qty_micro), SUM(p.price_nano)"
+            f" FROM rollups AS p WHERE {where}{grouping}",
+            args,
+        ).fetchall()
+        return [
+            (*(value if name == "type" else _uncell(value)
+               for name, value in zip(names, row, strict=False)), row[-2] or 0, row[-1] or 0)
+            for row in rows
+        ]  # fmt: skip
+
+
+def _window(
+    begin: datetime.datetime | None, end: datetime.datetime | None
+) -> tuple[datetime.datetime, datetime.datetime]:
+    """Fill missing bounds with this month's."""
+    if begin and end:
+        return begin, end
+    default_begin, default_end = month_window()
+    return begin or default_begin, end or default_end
+
+
+def _selection(
+    filters: dict | None, metric_types: str | list[str] | None
+) -> tuple[list[str] | None, dict[str, list[str]]]:
+    """Return the types to keep ([] for all, None for none) and other filters as text values."""
+    types = [metric_types] if isinstance(metric_types, str) else list(metric_types or [])
+    attributes = {}
+    for key, value in (filters or {}).items():
+        values = [str(v) for v in (value if isinstance(value, (list, tuple, set)) else [value])]
+        if key == "type":
+            types = [t for t in types if t in values] if types else values
+            if not types:
+                return None, {}
+        else:
+            attributes[str(key)] = values
+    return types, attributes
+
+
+def _merged(rows: list[tuple]) -> list[tuple]:
+    """Add up rows whose values are equal (values first, qty and price sums last)."""
+    sums: dict[tuple, list[int]] = {}
+    for row in rows:
+        total = sums.setdefault(row[:-2], [0, 0])
+        total[0] += int(row[-2])
+        total[1] += int(row[-1])
+    return [(*values, qty, price) for values, (qty, price) in sums.items()]
 
 
 def _sort_key(value: object) -> tuple:

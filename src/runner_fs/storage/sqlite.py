@@ -19,9 +19,9 @@ from typing import Any
 import orjson
 
 from runner_fs.errors import StorageError
-from runner_fs.storage.sql import COLUMNS, SQLStorage
+from runner_fs.storage.sql import COLUMNS, ROLLUP_KEYS, SQLStorage, build_rollups
 
-SCHEMA_VERSION = 2  # 2: tallies
+SCHEMA_VERSION = 3  # 2: tallies, 3: rollups
 BUSY_TIMEOUT = 30.0  # seconds to wait for another writer
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -44,7 +44,19 @@ CREATE TABLE IF NOT EXISTS ledger (
 CREATE TABLE IF NOT EXISTS tallies (
     unit TEXT NOT NULL, series TEXT NOT NULL, value INTEGER NOT NULL, PRIMARY KEY (unit, series)
 );
-"""
+CREATE TABLE IF NOT EXISTS rollups (
+    day INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    {cells},
+    qty_micro INTEGER NOT NULL,
+    price_nano INTEGER NOT NULL,
+    points INTEGER NOT NULL,
+    PRIMARY KEY (day, type, {keys})
+) WITHOUT ROWID;
+""".format(
+    cells=",\n    ".join(f"{key} TEXT NOT NULL" for key in ROLLUP_KEYS),
+    keys=", ".join(ROLLUP_KEYS),
+)
 # Calendar attributes when a point does not carry them (the collector's formulas), as text.
 _START = "p.begin_us / 1000000, 'unixepoch'"
 _COMPUTED = {
@@ -126,20 +138,30 @@ class SQLiteStorage(SQLStorage):
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(_SCHEMA)
-        db.execute(
-            "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-        )
-        db.execute("INSERT OR IGNORE INTO meta VALUES ('store_id', ?)", (uuid.uuid4().hex,))
-        (version,) = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if int(version) > SCHEMA_VERSION:
-            raise StorageError(
-                f"{self.path} has schema version {version}, newer than this runner-fs "
-                f"({SCHEMA_VERSION}); upgrade runner-fs"
+        db.execute("BEGIN IMMEDIATE")  # one process upgrades; the others wait, then see it done
+        try:
+            db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
-        if int(version) < SCHEMA_VERSION:  # its new tables were created IF NOT EXISTS above
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('store_id', ?)", (uuid.uuid4().hex,))
+            (version,) = db.execute(
+                "SELECT value FROM meta WHERE key = 'schema_version'"
+            ).fetchone()
+            if int(version) > SCHEMA_VERSION:
+                raise StorageError(
+                    f"{self.path} has schema version {version}, newer than this runner-fs "
+                    f"({SCHEMA_VERSION}); upgrade runner-fs"
+                )
+            if int(version) < 3:  # the version that brought rollups
+                for statement in build_rollups(self.rollup_cell, self.regular):
+                    db.execute(statement)
             db.execute(
                 "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
             )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -153,6 +175,9 @@ class SQLiteStorage(SQLStorage):
 
     def _execute(self, sql: str, args: Iterable[Any] = ()) -> sqlite3.Cursor:
         return self.db.execute(sql, tuple(args))
+
+    def _executemany(self, sql: str, rows: list[tuple]) -> None:
+        self.db.executemany(sql, rows)
 
     def _decode(self, stored: str) -> dict:
         decoded: dict = orjson.loads(stored)
@@ -198,6 +223,20 @@ class SQLiteStorage(SQLStorage):
             "CAST(CASE WHEN json_type(p.groupby, ?) IS NULL THEN json_extract(p.metadata, ?)"
             " ELSE json_extract(p.groupby, ?) END AS TEXT)",
             [path, path, path],
+        )
+
+    @staticmethod
+    def rollup_cell(key: str) -> str:
+        """Return the SQL of a regular point's rollup cell for `key`."""
+        return f"COALESCE('=' || json_extract(p.groupby, '{_json_path(key)}'), '')"
+
+    @staticmethod
+    def regular(key: str) -> str:
+        """Return the SQL that a point can be rolled up exactly for `key`."""
+        path = _json_path(key)
+        return (
+            f"(json_type(p.groupby, '{path}') IS 'text' OR (json_type(p.groupby, '{path}') IS NULL"
+            f" AND json_type(p.metadata, '{path}') IS NULL))"
         )
 
     def _group_value(self, key: str) -> tuple[str, list]:

@@ -50,6 +50,7 @@ def test_a_version_1_sqlite_file_is_upgraded_and_keeps_its_points(tmp_path):
     old.close()
     with sqlite3.connect(path) as db:  # as version 1 left it
         db.execute("DROP TABLE tallies")
+        db.execute("DROP TABLE rollups")
         db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
 
     upgraded = SQLiteStorage(path=path)
@@ -60,7 +61,7 @@ def test_a_version_1_sqlite_file_is_upgraded_and_keeps_its_points(tmp_path):
     assert upgraded.tallies("u") == {"s": 1}
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
-            "2",
+            "3",
         )
     upgraded.close()
 

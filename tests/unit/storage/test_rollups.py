@@ -1,0 +1,224 @@
+"""Rollups in both backends: totals from them equal totals from points, whatever the history."""
+
+from __future__ import annotations
+
+import datetime
+import sqlite3
+
+import psycopg
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from runner_fs.dataframe import DataFrame, DataPoint
+from runner_fs.storage import get_storage
+from runner_fs.storage.postgresql import _MIGRATIONS
+from runner_fs.storage.sqlite import SQLiteStorage
+
+from .test_backends import HOUR, T0, _frame, options, storage  # noqa: F401 (fixtures)
+from .test_properties import new_storage, prices, quantities, relaxed  # noqa: F401 (fixture)
+
+# ruff: noqa: F811 (the fixtures above are arguments below)
+
+DAY = 24 * HOUR
+MINUTE = datetime.timedelta(minutes=1)
+ATTRIBUTES = ("flavor", "repository")
+
+# A point: minute from T0 (four days), type, qty, price, flavor, repository (None: absent).
+points = st.tuples(
+    st.integers(0, 4 * 24 * 60),
+    st.sampled_from(["runner.job", "runner.idle", "runner.installation"]),
+    quantities,
+    prices,
+    st.sampled_from(["small", "large", ""]),
+    st.sampled_from(["o/a", "o/b", "é/ü", None]),
+)
+instants = st.integers(-60, 5 * 24 * 60).map(lambda minute: T0 + minute * MINUTE)
+filters = st.dictionaries(
+    st.sampled_from(["type", *ATTRIBUTES]),
+    st.lists(
+        st.sampled_from(["small", "", "o/a", "é/ü", "runner.job", "runner.idle"]),
+        min_size=1,
+        max_size=2,
+    ),
+    max_size=2,
+)
+queries = st.tuples(
+    instants,
+    instants,
+    st.lists(st.sampled_from(["type", *ATTRIBUTES]), unique=True, max_size=3),
+    filters,
+    st.one_of(st.none(), st.sampled_from(["runner.job", "runner.idle"])),
+)
+deletions = st.tuples(instants, instants, st.one_of(st.none(), filters))
+
+
+def _point_frame(minute, type_, qty, price, flavor, repository):
+    groupby = {"flavor": flavor} | ({} if repository is None else {"repository": repository})
+    frame = DataFrame(T0 + minute * MINUTE, T0 + (minute + 5) * MINUTE)
+    frame.add_point(DataPoint("s", qty, price, groupby, {"runner_name": "r"}), type_)
+    return frame
+
+
+def _from_points(storage, monkeypatch, **query):
+    """Return `total()` answered from points only, as a store without rollups answers."""
+    with monkeypatch.context() as patch:
+        patch.setattr(storage, "rolled_up", lambda: False)
+        return storage.total(paginate=False, **query)
+
+
+def _rows(result):
+    return sorted(result["results"], key=repr)
+
+
+@relaxed
+@given(
+    st.lists(st.lists(points, max_size=15), min_size=1, max_size=4),
+    st.lists(deletions, max_size=3),
+    st.lists(queries, min_size=1, max_size=6),
+)
+def test_totals_from_rollups_equal_totals_from_points(
+    new_storage, monkeypatch, pushes, deleted, asked
+):
+    store = new_storage()
+    for batch in pushes:
+        store.push([_point_frame(*point) for point in batch])
+    for begin, end, where in deleted:
+        store.delete(min(begin, end), max(begin, end), where)
+
+    for begin, end, groupby, where, metric_types in asked:
+        query = {"begin": min(begin, end), "end": max(begin, end) + MINUTE, "groupby": groupby,
+                 "filters": where, "metric_types": metric_types}  # fmt: skip
+        assert store.rolled_up()
+        assert _rows(store.total(paginate=False, **query)) == _rows(
+            _from_points(store, monkeypatch, **query)
+        )
+
+
+def test_whole_days_are_read_from_rollups_and_the_edges_from_points(storage):
+    storage.push([_frame(T0 + hour * HOUR, repository=f"o/{hour % 2}") for hour in range(72)])
+    # Points removed behind the rollups' back show which days are answered from rollups.
+    storage._execute("DELETE FROM points")
+
+    whole = storage.total(["repository"], T0, T0 + 2 * DAY)["results"]
+    edged = storage.total(["repository"], T0 - HOUR, T0 + 2 * DAY + HOUR)["results"]
+    partial = storage.total(["repository"], T0 + HOUR, T0 + 2 * HOUR)["results"]
+
+    assert [(row["repository"], row["qty"]) for row in whole] == [("o/0", 36.0), ("o/1", 36.0)]
+    assert [(row["repository"], row["qty"]) for row in edged] == [("o/0", 36.0), ("o/1", 36.0)]
+    assert partial == []
+
+
+def test_deleting_takes_points_out_of_the_rollups_and_drops_empty_cells(storage):
+    storage.push([_frame(T0 + hour * HOUR, flavor=f"f{hour % 3}") for hour in range(48)])
+
+    storage.delete(T0, T0 + DAY, {"flavor": "f1"})
+    storage.delete(T0 + DAY, T0 + 2 * DAY)
+
+    totals = storage.total(["flavor"], T0, T0 + 2 * DAY)["results"]
+    assert [(row["flavor"], row["qty"]) for row in totals] == [("f0", 12.0), ("f2", 12.0)]
+    assert storage._execute("SELECT COUNT(*) FROM rollups").fetchone()[0] == 2
+
+
+@pytest.mark.parametrize(
+    ("groupby", "metadata"),
+    [
+        ({"flavor": "small", "repository": 7}, {}),  # a number
+        ({"flavor": "small", "repository": None}, {}),  # null
+        ({"flavor": "small"}, {"repository": "o/a"}),  # only in metadata: filters see it
+        ({"flavor": {"cpu": 2}}, {}),  # an object
+    ],
+)
+def test_a_point_rollups_cannot_hold_exactly_makes_totals_scan_points(
+    storage,
+    monkeypatch,
+    groupby,
+    metadata,
+):
+    storage.push([_frame(T0), _frame(T0 + HOUR, repository="o/b")])
+    assert storage.rolled_up()
+    frame = DataFrame(T0 + 2 * HOUR, T0 + 3 * HOUR)
+    frame.add_point(DataPoint("s", "2", "1", groupby, metadata), "runner.job")
+
+    storage.push([frame])
+
+    assert not storage.rolled_up()
+    for query in ({"groupby": ["repository"]}, {"filters": {"repository": "o/a"}}):
+        query |= {"begin": T0, "end": T0 + DAY}
+        assert _rows(storage.total(paginate=False, **query)) == _rows(
+            _from_points(storage, monkeypatch, **query)
+        )
+
+
+def _version_2(db):
+    db.execute("DROP TABLE rollups")
+    db.execute("DELETE FROM meta WHERE key = 'rollups'")
+    db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+
+
+@pytest.mark.parametrize("irregular", [False, True])
+def test_upgrading_a_version_2_sqlite_file_builds_its_rollups(tmp_path, monkeypatch, irregular):
+    path = tmp_path / "old.db"
+    old = get_storage("sqlite", path=path)
+    old.push([_frame(T0 + hour * HOUR, repository=f"o/{hour % 5}") for hour in range(60)])
+    if irregular:
+        old.push([_frame(T0, repository=5)])
+    old.close()
+    with sqlite3.connect(path) as db:
+        _version_2(db)
+
+    upgraded = SQLiteStorage(path=path)
+    upgraded.init()
+
+    assert upgraded.rolled_up() is not irregular
+    query = {"groupby": ["repository"], "begin": T0, "end": T0 + 2 * DAY}
+    assert upgraded.total(paginate=False, **query) == _from_points(upgraded, monkeypatch, **query)
+    assert upgraded._execute("SELECT COUNT(*) FROM rollups").fetchone()[0] == 15 + irregular
+    upgraded.close()
+
+
+@pytest.mark.parametrize("irregular", [False, True])
+def test_upgrading_a_version_2_postgresql_database_builds_its_rollups(
+    postgres_dsn, monkeypatch, irregular
+):
+    with psycopg.connect(postgres_dsn, autocommit=True) as db:  # as version 2 made it
+        db.execute("CREATE TABLE meta (key text PRIMARY KEY, value text)")
+        db.execute(_MIGRATIONS[0])
+        db.execute(_MIGRATIONS[1])
+        db.execute("INSERT INTO meta VALUES ('schema_version', '2')")
+        db.execute(
+            "INSERT INTO points (begin_us, end_us, type, unit, qty_micro, price_nano, groupby,"
+            " metadata) SELECT h * 3600000000 + %s, h * 3600000000 + %s, 'runner.job', 's',"
+            " 1500000, 250000000, jsonb_build_object('flavor', 'small', 'repository',"
+            " 'o/' || (h %% 5)), '{}' FROM generate_series(0, 59) AS h",
+            (int(T0.timestamp() * 1e6), int(T0.timestamp() * 1e6) + 1),
+        )
+        if irregular:  # only in metadata
+            db.execute(
+                "INSERT INTO points (begin_us, end_us, type, unit, qty_micro, price_nano, groupby,"
+                " metadata) VALUES (%s, %s, 'runner.job', 's', 1, 1, '{}',"
+                """ '{"repository": 1}')""",
+                (int(T0.timestamp() * 1e6), int(T0.timestamp() * 1e6)),
+            )
+
+    upgraded = get_storage("postgresql", dsn=postgres_dsn)
+
+    assert upgraded.rolled_up() is not irregular
+    query = {"groupby": ["repository"], "begin": T0, "end": T0 + 2 * DAY}
+    answer = upgraded.total(paginate=False, **query)
+    assert answer == _from_points(upgraded, monkeypatch, **query)
+    assert [row["qty"] for row in answer["results"]][-5:] == [15.0, 15.0, 15.0, 13.5, 13.5]
+    upgraded.close()
+
+
+def test_moving_the_local_store_carries_its_rollups(tmp_path, postgres_dsn):
+    local = get_storage("sqlite", path=tmp_path / "metrics.db")
+    local.push([_frame(T0 + hour * HOUR, repository=f"o/{hour % 2}") for hour in range(48)])
+    fleet = get_storage("postgresql", dsn=postgres_dsn)
+
+    assert local.move_into(fleet)
+    fleet._execute("DELETE FROM points")  # what remains comes from the rollups
+
+    totals = fleet.total(["repository"], T0, T0 + 2 * DAY)["results"]
+    assert [(row["repository"], row["qty"]) for row in totals] == [("o/0", 36.0), ("o/1", 36.0)]
+    fleet.close()
