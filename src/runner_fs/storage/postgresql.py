@@ -21,7 +21,13 @@ from psycopg import conninfo
 from psycopg.types.json import set_json_loads
 
 from runner_fs.errors import StorageError
-from runner_fs.storage.sql import COLUMNS, ROLLUP_KEYS, SQLStorage, build_rollups
+from runner_fs.storage.sql import (
+    COLUMNS,
+    ROLLUP_COLUMNS,
+    ROLLUP_KEYS,
+    SQLStorage,
+    build_rollups,
+)
 
 CONNECT_TIMEOUT = 10  # seconds
 
@@ -72,8 +78,8 @@ _MIGRATIONS = (
     f"""
     CREATE TABLE rollups (
         day bigint NOT NULL,
-        type text NOT NULL,
-        {", ".join(f"{key} text NOT NULL" for key in ROLLUP_KEYS)},
+        type text COLLATE "C" NOT NULL,
+        {", ".join(f'{key} text COLLATE "C" NOT NULL' for key in ROLLUP_KEYS)},
         qty_micro bigint NOT NULL,
         price_nano bigint NOT NULL,
         points bigint NOT NULL,
@@ -188,9 +194,17 @@ class PostgreSQLStorage(SQLStorage):
     def _execute(self, sql: str, args: Iterable[Any] = ()) -> psycopg.Cursor:
         return self.db.execute(sql, tuple(args))
 
-    def _executemany(self, sql: str, rows: list[tuple]) -> None:
-        with self.db.cursor() as cursor:
-            cursor.executemany(sql, rows)
+    def _insert_rollups(self, rows: list[tuple], on_conflict: str) -> None:
+        # One statement over one JSON array: a round trip or an adapted value per row would
+        # cost more than the row.
+        names = ROLLUP_COLUMNS.split(", ")
+        kinds = ", ".join(f"{name} {'text' if name == 'type' or name in ROLLUP_KEYS else 'bigint'}"
+                          for name in names)  # fmt: skip
+        self.db.execute(
+            f"INSERT INTO rollups ({ROLLUP_COLUMNS}) SELECT {ROLLUP_COLUMNS}"
+            f" FROM jsonb_to_recordset(%s::jsonb) AS r({kinds}) {on_conflict}",
+            (orjson.dumps([dict(zip(names, row, strict=True)) for row in rows]).decode(),),
+        )
 
     def _decode(self, stored: dict | str) -> dict:
         return orjson.loads(stored) if isinstance(stored, str) else stored  # jsonb comes decoded

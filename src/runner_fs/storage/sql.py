@@ -12,10 +12,11 @@ billionths)::
     meta(key PRIMARY KEY, value)                    schema_version, store_id, rollups
 
 Rollups are exact sums of points by UTC day, type and the `ROLLUP_KEYS` attributes, kept in
-the transaction that pushes or deletes the points. A key's cell is `=value` for a text value
-and `` where neither groupby nor metadata has the key; a point with any other value (a
-number, null, an object, or the key only in metadata) cannot be rolled up exactly, so the
-store is marked (`meta.rollups = points`) and answers every total from points from then on.
+the transaction that pushes or deletes the points (`Rollup`). A key's cell is `=value` for a
+text value and `` where neither groupby nor metadata has the key; a point with any other value
+(a number, null, an object, or the key only in metadata, where filters would find it) cannot
+be rolled up exactly, so the store is marked (`meta.rollups = points`) and answers every
+total from points from then on.
 `total()` reads whole days from rollups and the rest of the window from points.
 
 A backend supplies its connection, transactions, bulk insert and the few expressions where
@@ -52,6 +53,7 @@ _MAX_FIXED = 2**62
 _UTC = datetime.timezone.utc
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=_UTC)
 _MICROSECOND = datetime.timedelta(microseconds=1)
+_ABSENT = object()
 
 
 def _to_json(value: object, what: str) -> str:
@@ -97,16 +99,6 @@ def _fixed(value: object, digits: int, what: str) -> int:
     return scaled
 
 
-def _cell(key: str, groupby: Mapping, metadata: Mapping) -> str | None:
-    """Return a point's rollup cell for `key`, or None if it cannot be rolled up exactly."""
-    value = groupby.get(key)
-    if type(value) is str:
-        return "=" + value
-    if value is None and key not in groupby and key not in metadata:
-        return ""
-    return None
-
-
 def build_rollups(cell: Callable[[str], str], regular: Callable[[str], str]) -> list[str]:
     """Return the SQL that builds the rollups of the points stored before rollups existed.
 
@@ -141,14 +133,21 @@ class Rollup:
     def add(
         self, begin_us: int, type_: str, qty: int, price: int, groupby: Mapping, metadata: Mapping
     ) -> None:
-        """Count one point."""
-        cells = tuple(_cell(key, groupby, metadata) for key in ROLLUP_KEYS)
-        if None in cells:
-            self.irregular = True
-            return
-        sums = self.sums.get(key := (begin_us // DAY_US, type_, *cells))
+        """Count one point (in the hot path of every push: kept lean)."""
+        key = [begin_us // DAY_US, type_]
+        for name in ROLLUP_KEYS:
+            value = groupby.get(name, _ABSENT)
+            if type(value) is str:
+                key.append("=" + value)
+            elif value is _ABSENT and name not in metadata:
+                key.append("")
+            else:
+                self.irregular = True
+                return
+        cell = tuple(key)
+        sums = self.sums.get(cell)
         if sums is None:
-            self.sums[key] = [qty, price, 1]
+            self.sums[cell] = [qty, price, 1]
         else:
             sums[0] += qty
             sums[1] += price
@@ -202,8 +201,8 @@ class SQLStorage(BaseStorage):
         """Run one statement and return its cursor."""
 
     @abc.abstractmethod
-    def _executemany(self, sql: str, rows: list[tuple]) -> None:
-        """Run one statement for each row."""
+    def _insert_rollups(self, rows: list[tuple], on_conflict: str) -> None:
+        """Insert rows of `ROLLUP_COLUMNS` with the `on_conflict` clause, in the transaction."""
 
     @abc.abstractmethod
     def _transaction(self) -> contextlib.AbstractContextManager[None]:
@@ -228,12 +227,12 @@ class SQLStorage(BaseStorage):
     @staticmethod
     @abc.abstractmethod
     def rollup_cell(key: str) -> str:
-        """Return the SQL of a point's rollup cell for `key` (see `_cell`), for regular points."""
+        """Return the SQL of a regular point's rollup cell for `key` (see `Rollup.add`)."""
 
     @staticmethod
     @abc.abstractmethod
     def regular(key: str) -> str:
-        """Return the SQL that a point can be rolled up exactly for `key` (see `_cell`)."""
+        """Return the SQL that a point can be rolled up exactly for `key` (see `Rollup.add`)."""
 
     @contextlib.contextmanager
     def _reporting(self, action: str) -> Iterator[None]:
@@ -304,13 +303,11 @@ class SQLStorage(BaseStorage):
         rows = rollup.rows()
         if not rows:
             return
-        marks = ", ".join([self.MARK] * (2 + len(ROLLUP_KEYS) + 3))
         add = ", ".join(f"{name} = rollups.{name} + excluded.{name}"
                         for name in ("qty_micro", "price_nano", "points"))  # fmt: skip
-        self._executemany(
-            f"INSERT INTO rollups ({ROLLUP_COLUMNS}) VALUES ({marks})"
-            f" ON CONFLICT (day, type, {', '.join(ROLLUP_KEYS)}) DO UPDATE SET {add}",
+        self._insert_rollups(
             [(*row[:-3], *(sign * sum_ for sum_ in row[-3:])) for row in rows],
+            f"ON CONFLICT (day, type, {', '.join(ROLLUP_KEYS)}) DO UPDATE SET {add}",
         )
         if sign < 0:
             self._execute(
@@ -395,7 +392,7 @@ class SQLStorage(BaseStorage):
             if self.rolled_up():
                 rollup = Rollup()
                 rollup.sums = {
-                    tuple(row[:-3]): list(row[-3:])
+                    tuple(row[:-3]): [int(sum_) for sum_ in row[-3:]]
                     for row in self._execute(
                         f"SELECT {DAY_OF_POINT}, p.type, {cells}, SUM(p.qty_micro),"
                         f" SUM(p.price_nano), COUNT(*) FROM points AS p WHERE {where}"

@@ -19,7 +19,13 @@ from typing import Any
 import orjson
 
 from runner_fs.errors import StorageError
-from runner_fs.storage.sql import COLUMNS, ROLLUP_KEYS, SQLStorage, build_rollups
+from runner_fs.storage.sql import (
+    COLUMNS,
+    ROLLUP_COLUMNS,
+    ROLLUP_KEYS,
+    SQLStorage,
+    build_rollups,
+)
 
 SCHEMA_VERSION = 3  # 2: tallies, 3: rollups
 BUSY_TIMEOUT = 30.0  # seconds to wait for another writer
@@ -176,8 +182,11 @@ class SQLiteStorage(SQLStorage):
     def _execute(self, sql: str, args: Iterable[Any] = ()) -> sqlite3.Cursor:
         return self.db.execute(sql, tuple(args))
 
-    def _executemany(self, sql: str, rows: list[tuple]) -> None:
-        self.db.executemany(sql, rows)
+    def _insert_rollups(self, rows: list[tuple], on_conflict: str) -> None:
+        marks = ", ".join("?" * (5 + len(ROLLUP_KEYS)))
+        self.db.executemany(
+            f"INSERT INTO rollups ({ROLLUP_COLUMNS}) VALUES ({marks}) {on_conflict}", rows
+        )
 
     def _decode(self, stored: str) -> dict:
         decoded: dict = orjson.loads(stored)
