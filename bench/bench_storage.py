@@ -10,7 +10,9 @@ in the same run:
   text) into a table with the same columns and indexes, also 1000 per transaction: SQLite's
   `executemany`, PostgreSQL's COPY. Building either side's input is not timed.
 - total / retrieve / delete: our method against the same answer written by hand in SQL over
-  the same table, the result rows fetched (no Python objects built for them).
+  the same table, the result rows fetched (no Python objects built for them). Totals are
+  also answered by today's point scan (the same `total()` with rollups switched off), so
+  rollups, the scan they replace and the hand-written scan are compared in one run.
 
 PostgreSQL runs in a throw-away server (fsync on, Debian's defaults otherwise) started by the
 benchmark, or in the database given with --dsn (its tables are dropped first).
@@ -238,18 +240,30 @@ def _best(action: Callable[[], object], repeat: int) -> float:
     return min(times)
 
 
-def run(storage: SQLStorage, hand: Any, n: int, repeat: int) -> list[tuple[str, float, float]]:
-    """Return rows (operation, ours, hand-written) in seconds, or points/s for push."""
+def _from_points(storage: SQLStorage, keys: list[str], end: datetime.datetime) -> dict:
+    """Return `total()` as it was before rollups: a scan of the window's points."""
+    storage.rolled_up = lambda: False  # type: ignore[method-assign]
+    try:
+        return storage.total(keys, T0, end, paginate=False)
+    finally:
+        del storage.rolled_up
+
+
+def run(storage: SQLStorage, hand: Any, n: int, repeat: int) -> list[tuple]:
+    """Return rows (operation, ours, hand-written[, point scan]) in s, or points/s for push."""
     push = bench_push(storage, hand, n)
-    rows = [("push (points/s)", push["ours"], push["raw"])]
+    rows: list[tuple] = [("push (points/s)", push["ours"], push["raw"])]
     for days in (1, 7, 30):
         end = T0 + datetime.timedelta(days=days)
         window = (to_utc_us(T0), to_utc_us(end))
         for keys in (["repository"], ["repository", "flavor"]):
+            answer = storage.total(keys, T0, end, paginate=False)
+            assert answer == _from_points(storage, keys, end), "rollups and points disagree"
             rows.append((
                 f"total by {'+'.join(keys)}, {days} d",
                 _best(lambda k=keys, e=end: storage.total(k, T0, e, paginate=False), repeat),
                 _best(lambda k=keys, w=window: hand.total(k, *w), repeat),
+                _best(lambda k=keys, e=end: _from_points(storage, k, e), repeat),
             ))  # fmt: skip
     end = T0 + datetime.timedelta(days=DAYS)
     offset = max(0, n - 1000)
@@ -284,7 +298,9 @@ def _stores(backend: str, n: int, dsn: str | None) -> Iterator[tuple[SQLStorage,
             server = stack.enter_context(running_server(durable=True))
             dsn = server.create_database(f"bench_{n}")
         postgresql = PostgreSQLStorage(dsn=dsn)
-        postgresql.db.execute("DROP TABLE IF EXISTS points, ledger, meta, raw_points CASCADE")
+        postgresql.db.execute(
+            "DROP TABLE IF EXISTS points, ledger, meta, tallies, rollups, raw_points CASCADE"
+        )
         postgresql.init()
         yield postgresql, HandPostgreSQL(postgresql)
         postgresql.close()
@@ -302,14 +318,20 @@ def main() -> None:
     for backend in args.backend:
         for n in args.n:
             print(f"\n### {backend}, {n:,} datapoints\n")
-            print("| operation | ours | hand-written SQL | ratio |")
-            print("| --- | --- | --- | --- |")
+            print("| operation | ours | hand-written SQL | ratio | points scan (before) | ratio |")
+            print("| --- | --- | --- | --- | --- | --- |")
             with _stores(backend, n, args.dsn) as (storage, hand):
-                for name, ours, raw in run(storage, hand, n, args.repeat):
+                start = time.perf_counter()
+                for name, ours, raw, *scan in run(storage, hand, n, args.repeat):
                     if name.startswith("push"):
-                        print(f"| {name} | {ours:,.0f} | {raw:,.0f} | {ours / raw:.0%} of raw |")
+                        print(f"| {name} | {ours:,.0f} | {raw:,.0f} | {ours / raw:.0%} of raw"
+                              " | | |")  # fmt: skip
                     else:
-                        print(f"| {name} | {ours:.4f} s | {raw:.4f} s | {ours / raw:.2f}x |")
+                        before = f"{scan[0]:.4f} s | {ours / scan[0]:.3f}x" if scan else "|"
+                        print(f"| {name} | {ours:.4f} s | {raw:.4f} s | {ours / raw:.3f}x"
+                              f" | {before} |")  # fmt: skip
+                spent = time.perf_counter() - start
+                print(f"\n(the whole run, generating and pushing included: {spent:.0f} s)")
 
 
 if __name__ == "__main__":

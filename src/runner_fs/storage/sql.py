@@ -386,22 +386,48 @@ class SQLStorage(BaseStorage):
         filters: dict | None = None,
     ) -> None:
         """Delete matching points and take them from the rollups; None bounds are open."""
-        where, args = self._where(begin, end, filters, None, open_bounds=True)
-        cells = ", ".join(self.rollup_cell(key) for key in ROLLUP_KEYS)
+        begin_us = None if begin is None else to_utc_us(begin)
+        end_us = None if end is None else to_utc_us(end)
+        types, attributes = _selection(filters, None)
+        where, args = self._where_us(begin_us, end_us, types, attributes)
         with self._reporting("delete in"), self._transaction():
             if self.rolled_up():
-                rollup = Rollup()
-                rollup.sums = {
-                    tuple(row[:-3]): [int(sum_) for sum_ in row[-3:]]
-                    for row in self._execute(
-                        f"SELECT {DAY_OF_POINT}, p.type, {cells}, SUM(p.qty_micro),"
-                        f" SUM(p.price_nano), COUNT(*) FROM points AS p WHERE {where}"
-                        f" GROUP BY {', '.join(map(str, range(1, 3 + len(ROLLUP_KEYS))))}",
-                        args,
-                    )
-                }
-                self._add_rollup(rollup, sign=-1)
+                self._take_from_rollups(begin_us, end_us, types, attributes)
             self._execute(f"DELETE FROM points AS p WHERE {where}", args)
+
+    def _take_from_rollups(
+        self,
+        begin_us: int | None,
+        end_us: int | None,
+        types: list[str] | None,
+        attributes: dict[str, list[str]],
+    ) -> None:
+        """Drop the cells of whole days in the window; subtract the points of the rest."""
+        edges: list[tuple[int | None, int | None]] = [(begin_us, end_us)]
+        first = None if begin_us is None else -(-begin_us // DAY_US)
+        last = None if end_us is None else end_us // DAY_US
+        if set(attributes) <= set(ROLLUP_KEYS) and (first is None or last is None or first < last):
+            where, args = self._where_us(first, last, types, attributes, table="rollups")
+            self._execute(f"DELETE FROM rollups AS p WHERE {where}", args)
+            edges = (
+                [(begin_us, first * DAY_US)] if first is not None and begin_us is not None else []
+            )
+            if last is not None and end_us is not None:
+                edges.append((last * DAY_US, end_us))
+        cells = ", ".join(self.rollup_cell(key) for key in ROLLUP_KEYS)
+        rollup = Rollup()
+        for low, high in edges:
+            if low is not None and high is not None and low >= high:
+                continue
+            where, args = self._where_us(low, high, types, attributes)
+            for row in self._execute(
+                f"SELECT {DAY_OF_POINT}, p.type, {cells}, SUM(p.qty_micro), SUM(p.price_nano),"
+                f" COUNT(*) FROM points AS p WHERE {where}"
+                f" GROUP BY {', '.join(map(str, range(1, 3 + len(ROLLUP_KEYS))))}",
+                args,
+            ):
+                rollup.sums[tuple(row[:-3])] = [int(sum_) for sum_ in row[-3:]]
+        self._add_rollup(rollup, sign=-1)
 
     # -- reading ---------------------------------------------------------------------------
 
