@@ -58,6 +58,7 @@ class HostConfig(BaseModel):
     rates: str = ""
     quarantine_retention: float = Field(30, gt=0, description="days")
     quarantine_max_size: str = "1G"
+    harvest_batch: int = Field(256, ge=1, le=10_000, description="runners per transaction")
     storage_backend: Literal["sqlite", "postgresql"] = "sqlite"
     storage_options: dict[str, str] = Field(default_factory=dict)
     event_log: Path | None = None
@@ -183,6 +184,7 @@ class HostConfig(BaseModel):
             lock_timeout=lock_timeout,
             quarantine_retention=datetime.timedelta(days=self.quarantine_retention),
             quarantine_max_bytes=parse_bytes(self.quarantine_max_size),
+            batch=self.harvest_batch,
         )
 
     def reconcile(

@@ -1,8 +1,9 @@
 """One harvest pass: push the metrics of finished runners exactly once, then delete them.
 
-Order per filesystem: read and validate, `push_once` (frames and ledger key in one
-transaction), then delete. A kill between the push and the delete leaves the filesystem for the
-next pass, whose `push_once` finds the key and stores nothing: no metric lost, none twice.
+Order per batch of filesystems: read and validate each, `push_many` (every runner's frames and
+ledger key in one transaction), then delete them. A kill between the push and the deletes
+leaves the filesystems for the next pass, whose push finds the keys and stores nothing: no
+metric lost, none twice.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import decimal
+import itertools
 import json
 import logging
 import os
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +26,12 @@ from runner_fs.errors import CorruptMetricDataError, MetricsStorageError, Storag
 from runner_fs.metrics.events import to_dataframes
 from runner_fs.metrics.runner import POST_JOB_FILE, read_runner_metrics
 from runner_fs.shared_fs import FilesystemInfo, FilesystemRecord, SharedFilesystemManager
-from runner_fs.storage import BaseStorage
+from runner_fs.storage import BaseStorage, Harvest
 
 logger = logging.getLogger(__name__)
 
 RECONCILE_LOCK = "reconcile"
+DELETERS = 4  # filesystems deleted at once: unmounts wait on the kernel, not the CPU
 LAST_RECONCILE_FILE = "last-reconcile.json"
 Progress = Callable[[int, int], None]
 
@@ -174,6 +178,7 @@ class Reconciler:
         lock_timeout: seconds to wait for another pass before giving up.
         quarantine_retention: archives older than this are removed after each pass.
         quarantine_max_bytes: the oldest archives are removed while they exceed this.
+        batch: runners pushed in one storage transaction, then deleted.
     """
 
     manager: SharedFilesystemManager
@@ -185,6 +190,7 @@ class Reconciler:
     lock_timeout: float = 60.0
     quarantine_retention: datetime.timedelta | None = None
     quarantine_max_bytes: int | None = None
+    batch: int = 256
 
     def run(self, progress: Progress | None = None) -> ReconcileResult:
         """Run one pass under the reconcile lock.
@@ -194,21 +200,35 @@ class Reconciler:
         """
         result = ReconcileResult()
         started = time.monotonic()
-        with self.manager.lock(RECONCILE_LOCK, self.lock_timeout):
+        with (
+            self.manager.lock(RECONCILE_LOCK, self.lock_timeout),
+            ThreadPoolExecutor(DELETERS, thread_name_prefix="delete") as deleters,
+        ):
             now = datetime.datetime.now(datetime.timezone.utc)
             infos = self.manager.list_info()
+            done = itertools.count(1)
+
+            def step() -> None:
+                number = next(done)
+                if progress:
+                    progress(number, len(infos))
+
+            batch: list[tuple[Path, FilesystemRecord, str]] = []
             storage_ok = True
-            for done, info in enumerate(infos, 1):
-                state, record = filesystem_state(info, now, self.max_runner_age), info.record
+            for info in infos:
+                state = filesystem_state(info, now, self.max_runner_age)
                 if state == "running":
                     result.skipped += 1
-                elif state == "broken" or record is None:
+                    step()
+                elif state == "broken" or info.record is None:
                     result.fail(f"runner {info.runner}: broken ({info.broken})")
-                    self._quarantine(info.runner, record, result)
+                    self._quarantine(info.runner, info.record, result)
+                    step()
                 else:
-                    storage_ok = self._harvest(info.path, record, state, storage_ok, result)
-                if progress:
-                    progress(done, len(infos))
+                    batch.append((info.path, info.record, state))
+                if len(batch) == self.batch or (batch and info is infos[-1]):
+                    storage_ok = self._harvest(batch, storage_ok, result, deleters, step)
+                    batch = []
             if storage_ok:
                 self._apply_retention(now, result)
             self._prune_quarantine(result)
@@ -219,47 +239,65 @@ class Reconciler:
 
     def _harvest(
         self,
-        path: Path,
-        record: FilesystemRecord,
-        state: str,
+        batch: list[tuple[Path, FilesystemRecord, str]],
         storage_ok: bool,
         result: ReconcileResult,
+        deleters: ThreadPoolExecutor,
+        step: Callable[[], None],
     ) -> bool:
-        """Harvest one filesystem; return whether storage still works."""
-        name = record.runner
-        try:
-            metrics = read_runner_metrics(path)
-        except CorruptMetricDataError as exc:
-            logger.warning("runner %s: corrupt metrics, quarantining: %s", name, exc)
-            self._quarantine(name, record, result)
+        """Harvest a batch: read each, push all in one transaction, delete; return storage ok."""
+        ready: list[tuple[str, str, Harvest, int]] = []  # name, state, harvest, points
+        for path, record, state in batch:
+            try:
+                metrics = read_runner_metrics(path)
+            except CorruptMetricDataError as exc:
+                logger.warning("runner %s: corrupt metrics, quarantining: %s", record.runner, exc)
+                self._quarantine(record.runner, record, result)
+                step()
+                continue
+            if not storage_ok:
+                result.skipped += 1
+                step()
+                continue
+            flavor = record.labels.get("flavor") or self.manager.flavor
+            frames = (
+                to_dataframes(metrics, record.runner, self.unit, flavor, self.rates)
+                if metrics
+                else []
+            )
+            points = sum(1 for frame in frames for _ in frame.iterpoints())
+            counts = {(self.unit, series): n for series, n in tallies.harvested(frames).items()}
+            key = f"{self.unit}/{record.runner}/{record.uuid}"
+            ready.append((record.runner, state, (key, frames, counts), points))
+        if not ready:
             return storage_ok
-        if not storage_ok:
-            result.skipped += 1
-            return False
-        flavor = record.labels.get("flavor") or self.manager.flavor
-        frames = to_dataframes(metrics, name, self.unit, flavor, self.rates) if metrics else []
-        points = sum(1 for frame in frames for _ in frame.iterpoints())
-        key = f"{self.unit}/{name}/{record.uuid}"
-        counts = {(self.unit, series): n for series, n in tallies.harvested(frames).items()}
         try:
-            stored = self.storage.push_once(key, frames, counts)
+            stored = self.storage.push_many([harvest for _, _, harvest, _ in ready])
         except StorageError as exc:
             result.fail(f"storage failed; filesystems wait for the next pass: {exc}")
-            result.skipped += 1
+            result.skipped += len(ready)
+            for _ in ready:
+                step()
             return False
-        if stored:
-            result.datapoints += points
-        try:
-            self.manager.delete(name)
-        except (MetricsStorageError, OSError) as exc:
-            result.fail(f"runner {name}: harvested but not deleted: {exc}")
-            return True
-        result.harvested += 1
-        logger.info(
-            "harvested runner %s (%s): %d datapoints", name, state, points if stored else 0,
-            extra={"event": "harvest", "runner": name, "state": state,
-                   "datapoints": points if stored else 0},
-        )  # fmt: skip
+        # Stored: now each filesystem can go; the kernel's unmounts overlap in threads.
+        deletions = [deleters.submit(self.manager.delete, name) for name, *_ in ready]
+        for (name, state, _, points), was_stored, deletion in zip(
+            ready, stored, deletions, strict=True
+        ):
+            new_points = points if was_stored else 0
+            result.datapoints += new_points
+            try:
+                deletion.result()
+            except (MetricsStorageError, OSError) as exc:
+                result.fail(f"runner {name}: harvested but not deleted: {exc}")
+            else:
+                result.harvested += 1
+                logger.info(
+                    "harvested runner %s (%s): %d datapoints", name, state, new_points,
+                    extra={"event": "harvest", "runner": name, "state": state,
+                           "datapoints": new_points},
+                )  # fmt: skip
+            step()
         return True
 
     def _quarantine(

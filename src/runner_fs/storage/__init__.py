@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import datetime
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Any
@@ -18,6 +18,8 @@ BUILTIN_BACKENDS = {  # found by name: a packed charm has the code but no packag
     "postgresql": "runner_fs.storage.postgresql:PostgreSQLStorage",
 }
 DEFAULT_RETENTION_HOURS = 2400
+Harvest = tuple[str, Iterable[DataFrame], Mapping[tuple[str, str], int]]
+"""A ledger key, its frames, and the amounts to add to `(unit, series)` tallies."""
 TIME_GROUPBYS = {
     "time-d": "day_of_the_year",
     "time-w": "week_of_the_year",
@@ -52,6 +54,14 @@ class BaseStorage(abc.ABC):
 
         Nothing is stored if the key is stored already.
         """
+
+    def push_many(self, harvests: Sequence[Harvest]) -> list[bool]:
+        """Store several `(key, dataframes, tallies)` as `push_once` does; return each result.
+
+        A backend that can should store them in one transaction; this default stores each in
+        its own, which is still exactly once per key.
+        """
+        return [self.push_once(key, frames, tallies) for key, frames, tallies in harvests]
 
     @abc.abstractmethod
     def tallies(self, unit: str) -> dict[str, int]:

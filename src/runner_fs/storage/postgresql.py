@@ -23,7 +23,7 @@ from psycopg.types.json import set_json_loads
 from runner_fs.errors import StorageError
 from runner_fs.storage.sql import (
     COLUMNS,
-    ROLLUP_COLUMNS,
+    GROUP_COLUMNS,
     ROLLUP_KEYS,
     SQLStorage,
     build_rollups,
@@ -32,7 +32,7 @@ from runner_fs.storage.sql import (
 CONNECT_TIMEOUT = 10  # seconds
 
 
-def _rollup_cell(key: str) -> str:
+def _rollup_code(key: str) -> str:
     return f"COALESCE('=' || (p.groupby ->> '{key}'), '')"
 
 
@@ -76,16 +76,21 @@ _MIGRATIONS = (
     """,
     # version 3: exact daily sums by type and ROLLUP_KEYS, built for the points already stored
     f"""
-    CREATE TABLE rollups (
-        day bigint NOT NULL,
+    CREATE TABLE rollup_groups (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
         type text COLLATE "C" NOT NULL,
         {", ".join(f'{key} text COLLATE "C" NOT NULL' for key in ROLLUP_KEYS)},
+        UNIQUE ({GROUP_COLUMNS})
+    );
+    CREATE TABLE rollups (
+        day bigint NOT NULL,
+        group_id bigint NOT NULL,
         qty_micro bigint NOT NULL,
         price_nano bigint NOT NULL,
         points bigint NOT NULL,
-        PRIMARY KEY (day, type, {", ".join(ROLLUP_KEYS)})
+        PRIMARY KEY (day, group_id)
     ) WITH (fillfactor = 80);
-    {";".join(build_rollups(_rollup_cell, _regular))};
+    {";".join(build_rollups(_rollup_code, _regular))};
     """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -195,21 +200,18 @@ class PostgreSQLStorage(SQLStorage):
         return self.db.execute(sql, tuple(args))
 
     def _insert_rollups(self, rows: list[tuple], on_conflict: str) -> None:
-        # One statement over one JSON array: a round trip or an adapted value per row would
-        # cost more than the row.
-        names = ROLLUP_COLUMNS.split(", ")
-        kinds = ", ".join(f"{name} {'text' if name == 'type' or name in ROLLUP_KEYS else 'bigint'}"
-                          for name in names)  # fmt: skip
+        # One statement over arrays: a round trip per row would cost more than the row.
         self.db.execute(
-            f"INSERT INTO rollups ({ROLLUP_COLUMNS}) SELECT {ROLLUP_COLUMNS}"
-            f" FROM jsonb_to_recordset(%s::jsonb) AS r({kinds}) {on_conflict}",
-            (orjson.dumps([dict(zip(names, row, strict=True)) for row in rows]).decode(),),
+            "INSERT INTO rollups (day, group_id, qty_micro, price_nano, points)"
+            " SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],"
+            f" %s::bigint[]) {on_conflict}",
+            [list(column) for column in zip(*rows, strict=True)],
         )
 
     def _decode(self, stored: dict | str) -> dict:
         return orjson.loads(stored) if isinstance(stored, str) else stored  # jsonb comes decoded
 
-    rollup_cell = staticmethod(_rollup_cell)
+    rollup_code = staticmethod(_rollup_code)
     regular = staticmethod(_regular)
 
     def _insert(self, rows: Iterable[tuple]) -> None:

@@ -8,16 +8,17 @@ billionths)::
            description)
     ledger(key PRIMARY KEY, stored_us, points)      exactly-once harvest keys
     tallies(unit, series, value)                    running totals of harvests
-    rollups(day, type, flavor, repository, qty_micro, price_nano, points)
+    rollup_groups(id, type, flavor, repository)     each combination rolled up
+    rollups(day, group_id, qty_micro, price_nano, points)
     meta(key PRIMARY KEY, value)                    schema_version, store_id, rollups
 
-Rollups are exact sums of points by UTC day, type and the `ROLLUP_KEYS` attributes, kept in
-the transaction that pushes or deletes the points (`Rollup`). A key's cell is `=value` for a
-text value and `` where neither groupby nor metadata has the key; a point with any other value
-(a number, null, an object, or the key only in metadata, where filters would find it) cannot
-be rolled up exactly, so the store is marked (`meta.rollups = points`) and answers every
-total from points from then on.
-`total()` reads whole days from rollups and the rest of the window from points.
+Rollups are exact sums of points by UTC day and group: a point's type and its `ROLLUP_KEYS`
+attributes, each coded `=value` for a text value and `` where neither groupby nor metadata has
+it. They are kept in the transaction that pushes or deletes the points (`Rollup`). A point
+with any other value (a number, null, an object, or the key only in metadata, where filters
+would find it) cannot be rolled up exactly: the store is then marked (`meta.rollups =
+points`) and answers every total from points from then on. `total()` reads whole days from
+rollups and the rest of the window from points.
 
 A backend supplies its connection, transactions, bulk insert and the few expressions where
 the SQL dialects differ (JSON access, calendar fields, the parameter mark).
@@ -29,20 +30,21 @@ import abc
 import contextlib
 import datetime
 import decimal
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import orjson
 
 from runner_fs.dataframe import DataFrame, DataPoint
 from runner_fs.errors import StorageError
-from runner_fs.storage import BaseStorage
+from runner_fs.storage import BaseStorage, Harvest
 
 QTY_DIGITS, PRICE_DIGITS = 6, 9
 QTY_SCALE, PRICE_SCALE = 10**QTY_DIGITS, 10**PRICE_DIGITS
 COLUMNS = "begin_us, end_us, type, unit, qty_micro, price_nano, groupby, metadata, description"
 ROLLUP_KEYS = ("flavor", "repository")
-ROLLUP_COLUMNS = f"day, type, {', '.join(ROLLUP_KEYS)}, qty_micro, price_nano, points"
+GROUP_COLUMNS = f"type, {', '.join(ROLLUP_KEYS)}"
 DAY_US = 86_400_000_000
 # The UTC day of a point's start, rounded down for instants before 1970 too.
 DAY_OF_POINT = (
@@ -56,12 +58,12 @@ _MICROSECOND = datetime.timedelta(microseconds=1)
 _ABSENT = object()
 
 
-def _to_json(value: object, what: str) -> str:
+def _to_json(value: object, type_: str, field: str) -> str:
     """Return compact JSON; numbers outside JSON's range become strings via `str`."""
     try:
         return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
     except orjson.JSONEncodeError as exc:
-        raise StorageError(f"{what} cannot be stored as JSON: {exc}") from None
+        raise StorageError(f"{type_} {field} cannot be stored as JSON: {exc}") from None
 
 
 def to_utc_us(moment: datetime.datetime) -> int:
@@ -87,42 +89,47 @@ def month_window() -> tuple[datetime.datetime, datetime.datetime]:
     return start, following.replace(tzinfo=None).astimezone()
 
 
-def _fixed(value: object, digits: int, what: str) -> int:
+def _fixed(value: object, digits: int, type_: str, field: str) -> int:
     """Return `value` * 10**digits rounded half-even: an exact integer for SQL sums."""
     try:
         number = value if type(value) is decimal.Decimal else decimal.Decimal(value)  # type: ignore[arg-type]
-        scaled = int(number.scaleb(digits).to_integral_value(decimal.ROUND_HALF_EVEN))
+        scaled = round(number.scaleb(digits))  # a Decimal rounds half-even to an int
     except (decimal.InvalidOperation, TypeError, ValueError, OverflowError):
-        raise StorageError(f"{what} must be a finite number, not {value!r:.40}") from None
+        raise StorageError(f"{type_} {field} must be a finite number, not {value!r:.40}") from None
     if not -_MAX_FIXED < scaled < _MAX_FIXED:
-        raise StorageError(f"{what} {value} is too large to store")
+        raise StorageError(f"{type_} {field} {value} is too large to store")
     return scaled
 
 
-def build_rollups(cell: Callable[[str], str], regular: Callable[[str], str]) -> list[str]:
+def build_rollups(code: Callable[[str], str], regular: Callable[[str], str]) -> list[str]:
     """Return the SQL that builds the rollups of the points stored before rollups existed.
 
     Args:
-        cell: the dialect's `rollup_cell`.
+        code: the dialect's `rollup_code`.
         regular: the dialect's SQL that a point can be rolled up exactly for a key.
     """
-    keys = range(1, 3 + len(ROLLUP_KEYS))
+    codes = [code(key) for key in ROLLUP_KEYS]
+    same = " AND ".join(
+        f"g.{key} = {value}" for key, value in zip(ROLLUP_KEYS, codes, strict=True)
+    )
     return [
-        f"INSERT INTO rollups ({ROLLUP_COLUMNS}) SELECT {DAY_OF_POINT}, p.type,"
-        f" {', '.join(map(cell, ROLLUP_KEYS))}, SUM(p.qty_micro), SUM(p.price_nano), COUNT(*)"
-        f" FROM points AS p GROUP BY {', '.join(map(str, keys))}",
+        f"INSERT INTO rollup_groups ({GROUP_COLUMNS}) SELECT DISTINCT p.type, {', '.join(codes)}"
+        " FROM points AS p",
+        "INSERT INTO rollups (day, group_id, qty_micro, price_nano, points)"
+        f" SELECT {DAY_OF_POINT}, g.id, SUM(p.qty_micro), SUM(p.price_nano), COUNT(*)"
+        f" FROM points AS p JOIN rollup_groups AS g ON g.type = p.type AND {same} GROUP BY 1, 2",
         "INSERT INTO meta (key, value) SELECT 'rollups', 'points' WHERE EXISTS (SELECT 1"
         f" FROM points AS p WHERE NOT ({' AND '.join(map(regular, ROLLUP_KEYS))}))",
     ]
 
 
-def _uncell(cell: str) -> str | None:
-    """Return the attribute value a rollup cell stands for (None: absent)."""
-    return cell[1:] if cell else None
+def _decoded(code: str) -> str | None:
+    """Return the attribute value a rollup code stands for (None: absent)."""
+    return code[1:] if code else None
 
 
 class Rollup:
-    """Exact sums of points by (day, type, cells), to add to or take from the rollups table."""
+    """Exact sums of points by (day, type, codes), to add to or take from the rollups."""
 
     def __init__(self) -> None:
         """Start empty."""
@@ -144,18 +151,23 @@ class Rollup:
             else:
                 self.irregular = True
                 return
-        cell = tuple(key)
-        sums = self.sums.get(cell)
+        group = tuple(key)
+        sums = self.sums.get(group)
         if sums is None:
-            self.sums[cell] = [qty, price, 1]
+            self.sums[group] = [qty, price, 1]
         else:
             sums[0] += qty
             sums[1] += price
             sums[2] += 1
 
-    def rows(self) -> list[tuple]:
-        """Return rows of `ROLLUP_COLUMNS`, sorted so concurrent writers lock in one order."""
-        return [(*key, *sums) for key, sums in sorted(self.sums.items())]
+    def merge(self, other: Rollup) -> None:
+        """Add another rollup's sums."""
+        self.irregular |= other.irregular
+        for group, (qty, price, points) in other.sums.items():
+            sums = self.sums.setdefault(group, [0, 0, 0])
+            sums[0] += qty
+            sums[1] += price
+            sums[2] += points
 
 
 def to_rows(dataframes: Iterable[DataFrame]) -> tuple[list[tuple], Rollup]:
@@ -172,14 +184,15 @@ def to_rows(dataframes: Iterable[DataFrame]) -> tuple[list[tuple], Rollup]:
         begin, end = to_utc_us(frame.start), to_utc_us(frame.end)
         if end < begin:
             raise StorageError(f"a frame ends ({frame.end}) before it starts ({frame.start})")
-        for type_, point in frame.iterpoints():
-            qty = _fixed(point.qty, QTY_DIGITS, f"{type_} qty")
-            price = _fixed(point.price, PRICE_DIGITS, f"{type_} price")
-            rows.append((begin, end, str(type_), str(point.unit), qty, price,
-                         _to_json(point.groupby, f"{type_} groupby"),
-                         _to_json(point.metadata, f"{type_} metadata"),
+        for metric_type, point in frame.iterpoints():
+            type_ = str(metric_type)
+            qty = _fixed(point.qty, QTY_DIGITS, type_, "qty")
+            price = _fixed(point.price, PRICE_DIGITS, type_, "price")
+            rows.append((begin, end, type_, str(point.unit), qty, price,
+                         _to_json(point.groupby, type_, "groupby"),
+                         _to_json(point.metadata, type_, "metadata"),
                          point.description))  # fmt: skip
-            rollup.add(begin, str(type_), qty, price, point.groupby, point.metadata)
+            rollup.add(begin, type_, qty, price, point.groupby, point.metadata)
     return rows, rollup
 
 
@@ -202,7 +215,7 @@ class SQLStorage(BaseStorage):
 
     @abc.abstractmethod
     def _insert_rollups(self, rows: list[tuple], on_conflict: str) -> None:
-        """Insert rows of `ROLLUP_COLUMNS` with the `on_conflict` clause, in the transaction."""
+        """Insert rows (day, group_id, qty_micro, price_nano, points) with `on_conflict`."""
 
     @abc.abstractmethod
     def _transaction(self) -> contextlib.AbstractContextManager[None]:
@@ -226,13 +239,20 @@ class SQLStorage(BaseStorage):
 
     @staticmethod
     @abc.abstractmethod
-    def rollup_cell(key: str) -> str:
-        """Return the SQL of a regular point's rollup cell for `key` (see `Rollup.add`)."""
+    def rollup_code(key: str) -> str:
+        """Return the SQL of a regular point's rollup code for `key` (see `Rollup.add`)."""
 
     @staticmethod
     @abc.abstractmethod
     def regular(key: str) -> str:
         """Return the SQL that a point can be rolled up exactly for `key` (see `Rollup.add`)."""
+
+    def __init__(self, **options: Any) -> None:
+        """Keep the options; rollup group ids are cached once committed."""
+        super().__init__(**options)
+        self._group_ids: dict[tuple, int] = {}
+        self._groups: dict[int, tuple] = {}
+        self._new_group_ids: dict[tuple, int] = {}
 
     @contextlib.contextmanager
     def _reporting(self, action: str) -> Iterator[None]:
@@ -240,6 +260,18 @@ class SQLStorage(BaseStorage):
             yield
         except self.ERRORS as exc:
             raise StorageError(f"{action} {self.location} failed: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _writing(self, action: str) -> Iterator[None]:
+        """Run one write transaction; group ids it made are cached only once it commits."""
+        self._new_group_ids = {}
+        with self._reporting(action), self._transaction():
+            yield
+        self._remember(self._new_group_ids)
+
+    def _remember(self, group_ids: Mapping[tuple, int]) -> None:
+        self._group_ids.update(group_ids)
+        self._groups.update((number, group) for group, number in group_ids.items())
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -250,7 +282,7 @@ class SQLStorage(BaseStorage):
             StorageError: a frame or point is invalid (nothing stored), or the database failed.
         """
         rows, rollup = to_rows(dataframes)
-        with self._reporting("push to"), self._transaction():
+        with self._writing("push to"):
             self._insert(rows)
             self._add_rollup(rollup)
 
@@ -273,25 +305,41 @@ class SQLStorage(BaseStorage):
         Raises:
             StorageError: a frame is invalid, or the database failed (nothing stored).
         """
-        rows, rollup = to_rows(dataframes)
+        return self.push_many([(key, dataframes, tallies or {})])[0]
+
+    def push_many(self, harvests: Sequence[Harvest]) -> list[bool]:
+        """Store several harvests in one transaction, each only if its key is not stored yet.
+
+        Returns:
+            For each harvest, True if stored now, False if its key was already there.
+
+        Raises:
+            StorageError: a frame is invalid, or the database failed (nothing stored).
+        """
+        prepared = [(key, *to_rows(frames), tallies) for key, frames, tallies in harvests]
         now = to_utc_us(datetime.datetime.now(_UTC))
         mark = self.MARK
-        with self._reporting("push to"), self._transaction():
-            # The key goes in first: a concurrent pusher of the same key waits on it, then
-            # finds it taken.
-            claimed = self._execute(
-                f"INSERT INTO ledger (key, stored_us, points) VALUES ({mark}, {mark}, {mark})"
-                " ON CONFLICT (key) DO NOTHING RETURNING key",
-                (key, now, len(rows)),
-            ).fetchall()
-            if not claimed:
-                return False
+        stored, rows, rollup, sums = [], [], Rollup(), Counter[tuple[str, str]]()
+        with self._writing("push to"):
+            for key, key_rows, key_rollup, key_tallies in prepared:
+                # The key goes in first: a concurrent pusher of the same key waits on it, then
+                # finds it taken.
+                claimed = self._execute(
+                    f"INSERT INTO ledger (key, stored_us, points) VALUES ({mark}, {mark}, {mark})"
+                    " ON CONFLICT (key) DO NOTHING RETURNING key",
+                    (key, now, len(key_rows)),
+                ).fetchall()
+                stored.append(bool(claimed))
+                if claimed:
+                    rows += key_rows
+                    rollup.merge(key_rollup)
+                    sums.update(key_tallies)
             self._insert(rows)
             self._add_rollup(rollup)
             self._add_tallies(
-                (unit, series, value) for (unit, series), value in (tallies or {}).items()
+                (unit, series, value) for (unit, series), value in sorted(sums.items())
             )
-        return True
+        return stored
 
     def _add_rollup(self, rollup: Rollup, sign: int = 1) -> None:
         """Add (or with sign -1, take) sums to the rollups, inside the current transaction."""
@@ -300,21 +348,46 @@ class SQLStorage(BaseStorage):
                 "INSERT INTO meta (key, value) VALUES ('rollups', 'points')"
                 " ON CONFLICT (key) DO NOTHING"
             )
-        rows = rollup.rows()
-        if not rows:
+        if not rollup.sums:
             return
+        ids = self._ids_of({key[1:] for key in rollup.sums})
+        rows = sorted(  # so concurrent writers lock rows in one order
+            (key[0], ids[key[1:]], sign * qty, sign * price, sign * points)
+            for key, (qty, price, points) in rollup.sums.items()
+        )
         add = ", ".join(f"{name} = rollups.{name} + excluded.{name}"
                         for name in ("qty_micro", "price_nano", "points"))  # fmt: skip
-        self._insert_rollups(
-            [(*row[:-3], *(sign * sum_ for sum_ in row[-3:])) for row in rows],
-            f"ON CONFLICT (day, type, {', '.join(ROLLUP_KEYS)}) DO UPDATE SET {add}",
-        )
+        self._insert_rollups(rows, f"ON CONFLICT (day, group_id) DO UPDATE SET {add}")
         if sign < 0:
             self._execute(
                 f"DELETE FROM rollups WHERE day >= {self.MARK} AND day <= {self.MARK}"
                 " AND points = 0",
-                (rows[0][0], max(row[0] for row in rows)),
+                (rows[0][0], rows[-1][0]),
             )
+
+    def _ids_of(self, groups: set[tuple]) -> dict[tuple, int]:
+        """Return the ids of rollup groups, adding the new ones (inside a write transaction)."""
+        ids = {group: self._group_ids[group] for group in groups if group in self._group_ids}
+        marks = ", ".join([self.MARK] * (1 + len(ROLLUP_KEYS)))
+        same = " AND ".join(f"{name} = {self.MARK}" for name in GROUP_COLUMNS.split(", "))
+        for group in sorted(groups - ids.keys()):
+            self._execute(
+                f"INSERT INTO rollup_groups ({GROUP_COLUMNS}) VALUES ({marks})"
+                f" ON CONFLICT ({GROUP_COLUMNS}) DO NOTHING",
+                group,
+            )
+            (number,) = self._execute(
+                f"SELECT id FROM rollup_groups WHERE {same}", group
+            ).fetchone()
+            ids[group] = self._new_group_ids[group] = number
+        return ids
+
+    def _groups_of(self, ids: Iterable[int]) -> dict[int, tuple]:
+        """Return committed rollup groups by id, reading the table again for unknown ones."""
+        if not set(ids) <= self._groups.keys():
+            rows = self._execute(f"SELECT id, {GROUP_COLUMNS} FROM rollup_groups").fetchall()
+            self._remember({tuple(row[1:]): row[0] for row in rows})
+        return self._groups
 
     def rolled_up(self) -> bool:
         """Return whether totals may be answered from rollups (no irregular point was stored)."""
@@ -369,7 +442,7 @@ class SQLStorage(BaseStorage):
         rollup = Rollup()
         for begin_us, _, type_, _, qty, price, groupby, metadata, _ in points:
             rollup.add(begin_us, type_, qty, price, self._decode(groupby), self._decode(metadata))
-        with self._reporting("copy into"), self._transaction():
+        with self._writing("copy into"):
             if not self._execute(claim, (key, now, 0)).fetchall():
                 return False
             self._insert(points)
@@ -390,7 +463,7 @@ class SQLStorage(BaseStorage):
         end_us = None if end is None else to_utc_us(end)
         types, attributes = _selection(filters, None)
         where, args = self._where_us(begin_us, end_us, types, attributes)
-        with self._reporting("delete in"), self._transaction():
+        with self._writing("delete in"):
             if self.rolled_up():
                 self._take_from_rollups(begin_us, end_us, types, attributes)
             self._execute(f"DELETE FROM points AS p WHERE {where}", args)
@@ -402,26 +475,26 @@ class SQLStorage(BaseStorage):
         types: list[str] | None,
         attributes: dict[str, list[str]],
     ) -> None:
-        """Drop the cells of whole days in the window; subtract the points of the rest."""
+        """Drop the rollups of whole days in the window; subtract the points of the rest."""
         edges: list[tuple[int | None, int | None]] = [(begin_us, end_us)]
         first = None if begin_us is None else -(-begin_us // DAY_US)
         last = None if end_us is None else end_us // DAY_US
         if set(attributes) <= set(ROLLUP_KEYS) and (first is None or last is None or first < last):
-            where, args = self._where_us(first, last, types, attributes, table="rollups")
-            self._execute(f"DELETE FROM rollups AS p WHERE {where}", args)
+            where, args = self._rollups_where(first, last, types, attributes)
+            self._execute(f"DELETE FROM rollups AS r WHERE {where}", args)
             edges = (
                 [(begin_us, first * DAY_US)] if first is not None and begin_us is not None else []
             )
             if last is not None and end_us is not None:
                 edges.append((last * DAY_US, end_us))
-        cells = ", ".join(self.rollup_cell(key) for key in ROLLUP_KEYS)
+        codes = ", ".join(self.rollup_code(key) for key in ROLLUP_KEYS)
         rollup = Rollup()
         for low, high in edges:
             if low is not None and high is not None and low >= high:
                 continue
             where, args = self._where_us(low, high, types, attributes)
             for row in self._execute(
-                f"SELECT {DAY_OF_POINT}, p.type, {cells}, SUM(p.qty_micro), SUM(p.price_nano),"
+                f"SELECT {DAY_OF_POINT}, p.type, {codes}, SUM(p.qty_micro), SUM(p.price_nano),"
                 f" COUNT(*) FROM points AS p WHERE {where}"
                 f" GROUP BY {', '.join(map(str, range(1, 3 + len(ROLLUP_KEYS))))}",
                 args,
@@ -453,29 +526,23 @@ class SQLStorage(BaseStorage):
         end_us: int | None,
         types: list[str] | None,
         attributes: dict[str, list[str]],
-        table: str = "points",
     ) -> tuple[str, list]:
-        """Return the condition on `table` for a half-open window and a `_selection`."""
+        """Return the condition on points for a half-open window and a `_selection`."""
         if types is None:
             return "1 = 0", []
         mark = self.MARK
         clauses: list[str] = ["1 = 1"]
         args: list[Any] = []
-        column = "p.begin_us" if table == "points" else "p.day"
         if begin_us is not None:
-            clauses.append(f"{column} >= {mark}")
+            clauses.append(f"p.begin_us >= {mark}")
             args.append(begin_us)
         if end_us is not None:
-            clauses.append(f"{column} < {mark}")
+            clauses.append(f"p.begin_us < {mark}")
             args.append(end_us)
         for key, values in attributes.items():
-            if table == "points":
-                value_of, key_args = self._filter_value(key)
-                wanted = values
-            else:  # a rollup cell is the value after "="
-                value_of, key_args, wanted = f"p.{key}", [], ["=" + value for value in values]
-            clauses.append(f"{value_of} IN ({', '.join([mark] * len(wanted))})")
-            args += key_args + wanted
+            value_of, key_args = self._filter_value(key)
+            clauses.append(f"{value_of} IN ({', '.join([mark] * len(values))})")
+            args += key_args + values
         if types:
             clauses.append(f"p.type IN ({', '.join([mark] * len(types))})")
             args += types
@@ -554,7 +621,7 @@ class SQLStorage(BaseStorage):
                 for low, high in ((begin_us, first_day * DAY_US), (last_day * DAY_US, end_us)):
                     if low < high:
                         rows += self._sum_points(names, False, low, high, types, attributes)
-                rows = _merged(rows)
+                rows = _merged(rows) or ([] if names else [(0, 0)])  # as SUM over no rows
             else:
                 rows = self._sum_points(names, by_time, begin_us, end_us, types, attributes)
         # Sorted here, not in SQL, so every dialect orders mixed value types alike.
@@ -608,19 +675,47 @@ class SQLStorage(BaseStorage):
         attributes: dict[str, list[str]],
     ) -> list[tuple]:
         """Return rows like `_sum_points` for the whole days [first_day, last_day)."""
-        where, args = self._where_us(first_day, last_day, types, attributes, table="rollups")
-        keys = [f"p.{key}" for key in names]
-        grouping = f" GROUP BY {', '.join(map(str, range(1, len(keys) + 1)))}" if keys else ""
+        where, args = self._rollups_where(first_day, last_day, types, attributes)
         rows = self._execute(
-            f"SELECT {''.join(f'{key}, ' for key in keys)}SUM(p.qty_micro), SUM(p.price_nano)"
-            f" FROM rollups AS p WHERE {where}{grouping}",
+            "SELECT r.group_id, SUM(r.qty_micro), SUM(r.price_nano) FROM rollups AS r"
+            f" WHERE {where} GROUP BY r.group_id",
             args,
         ).fetchall()
-        return [
-            (*(value if name == "type" else _uncell(value)
-               for name, value in zip(names, row, strict=False)), row[-2] or 0, row[-1] or 0)
-            for row in rows
-        ]  # fmt: skip
+        groups = self._groups_of(row[0] for row in rows)
+        results = []
+        for number, qty, price in rows:
+            type_, *codes = groups[number]
+            values = dict(zip(ROLLUP_KEYS, map(_decoded, codes), strict=True), type=type_)
+            results.append((*(values[name] for name in names), qty, price))
+        return results
+
+    def _rollups_where(
+        self,
+        first_day: int | None,
+        last_day: int | None,
+        types: list[str] | None,
+        attributes: dict[str, list[str]],
+    ) -> tuple[str, list]:
+        """Return the condition on rollups `r` for whole days [first, last) and a selection."""
+        if types is None:
+            return "1 = 0", []
+        mark = self.MARK
+        clauses: list[str] = ["1 = 1"]
+        args: list[Any] = []
+        if first_day is not None:
+            clauses.append(f"r.day >= {mark}")
+            args.append(first_day)
+        if last_day is not None:
+            clauses.append(f"r.day < {mark}")
+            args.append(last_day)
+        kinds = [("type", types)] if types else []
+        kinds += [(key, ["=" + value for value in values]) for key, values in attributes.items()]
+        if kinds:
+            within = " AND ".join(f"g.{name} IN ({', '.join([mark] * len(wanted))})"
+                                  for name, wanted in kinds)  # fmt: skip
+            clauses.append(f"r.group_id IN (SELECT g.id FROM rollup_groups AS g WHERE {within})")
+            args += [value for _, wanted in kinds for value in wanted]
+        return " AND ".join(clauses), args
 
 
 def _window(

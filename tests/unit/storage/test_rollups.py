@@ -154,6 +154,7 @@ def test_a_point_rollups_cannot_hold_exactly_makes_totals_scan_points(
 
 def _version_2(db):
     db.execute("DROP TABLE rollups")
+    db.execute("DROP TABLE rollup_groups")
     db.execute("DELETE FROM meta WHERE key = 'rollups'")
     db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
 

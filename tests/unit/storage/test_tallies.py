@@ -51,6 +51,7 @@ def test_a_version_1_sqlite_file_is_upgraded_and_keeps_its_points(tmp_path):
     with sqlite3.connect(path) as db:  # as version 1 left it
         db.execute("DROP TABLE tallies")
         db.execute("DROP TABLE rollups")
+        db.execute("DROP TABLE rollup_groups")
         db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
 
     upgraded = SQLiteStorage(path=path)
