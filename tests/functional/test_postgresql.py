@@ -55,7 +55,7 @@ def test_a_server_crash_mid_pass_keeps_the_rest_and_the_next_pass_reconnects(man
         if done == 4:
             own_server.stop("immediate")
 
-    down = Reconciler(manager, storage, UNIT).run(crash_after_four)
+    down = Reconciler(manager, storage, UNIT, batch=3).run(crash_after_four)  # in batch 2
 
     assert down.errors == 1
     assert down.harvested < 12 and len(manager.list_info()) == 12 - down.harvested

@@ -233,8 +233,8 @@ def test_retention_deletes_old_datapoints(manager, storage):
 # -- real processes: concurrency and kill -9 at random instants -------------------------------
 
 
-def _config(tmp_path: Path, base: Path) -> Path:
-    return write_host_config(tmp_path / "config.yaml", base, UNIT)
+def _config(tmp_path: Path, base: Path, **settings: object) -> Path:
+    return write_host_config(tmp_path / "config.yaml", base, UNIT, **settings)
 
 
 def _cli(config: Path, *args: str) -> subprocess.Popen:
@@ -266,7 +266,8 @@ def test_two_concurrent_passes_harvest_each_runner_once(manager, tmp_path):
 
 @pytest.mark.slow
 def test_killed_at_random_instants_no_metric_is_lost_or_counted_twice(manager, tmp_path):
-    config = _config(tmp_path, manager.base_dir)
+    # Batches of 7: kills land in a batch's push, between its deletes, and between batches.
+    config = _config(tmp_path, manager.base_dir, harvest_batch=7)
     rng = random.Random(42)  # noqa: S311 (test timing)
     expected_jobs, created, interrupted = 0, 0, 0
     for iteration in range(20):

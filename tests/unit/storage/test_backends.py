@@ -201,6 +201,23 @@ def test_push_once_stores_a_key_exactly_once(storage):
     assert storage.retrieve(T0, T0 + HOUR)["total"] == 1
 
 
+def test_push_many_stores_each_new_key_once_in_one_transaction(storage):
+    assert storage.push_once("unit/r2/uuid", [_frame(T0, qty="5")], {("unit", "n"): 1})
+    harvests = [
+        (f"unit/r{index}/uuid", [_frame(T0 + index * HOUR, qty=str(index))], {("unit", "n"): 1})
+        for index in range(1, 4)
+    ]
+
+    assert storage.push_many(harvests) == [True, False, True]
+    assert storage.push_many(harvests) == [False, False, False]
+    with pytest.raises(StorageError, match="groupby cannot be stored as JSON"):
+        storage.push_many([("u/r9/u", [_frame(T0)], {}), ("u/r8/u", [_frame(T0, n=2**70)], {})])
+
+    (row,) = storage.total(begin=T0, end=T0 + 4 * HOUR)["results"]
+    assert row["qty"] == 1 + 5 + 3  # r2 kept its first push; nothing of the failed batch
+    assert storage.tallies("unit") == {"n": 3}
+
+
 def test_values_round_trip_with_their_types(storage):
     storage.push([_frame(T0, year=2026, flag=True)])
 
