@@ -3,9 +3,11 @@
 The reference (github-runner charm's metrics harvest) lists filesystems with one `mountpoint -q`
 subprocess per runner, reads the metric files with plain `open()`, appends one JSON line per
 event to a log file, then deletes each filesystem with an `umount` subprocess, an unlink and an
-rmtree. Ours: one mount-table read, bounded `O_NOFOLLOW` reads validated by pydantic, one SQLite
-transaction per runner (`push_once`: datapoints and ledger key), then umount(2) and unlink.
-Both sides start from the same N freshly created filesystems with four valid files each, each
+rmtree. Ours: one mount-table read, bounded `O_NOFOLLOW` reads validated by pydantic, one
+fsynced SQLite transaction per batch of runners (`push_many`: datapoints, ledger keys, rollups
+and tallies), then umount(2) and unlink, four filesystems at a time. The floor is the kernel
+work of removing the same filesystems, serially: umount2(2) and unlink(2) of each image.
+Every side starts from its own N freshly created filesystems with four valid files each, each
 in its own process (peak RSS is that process's); setup is not timed.
 
 Run as root:  python bench/bench_reconcile.py --n 100 1000
@@ -87,9 +89,21 @@ def ours_pass(base: Path) -> int:
     return Reconciler(manager, storage, "bench-host").run().harvested
 
 
+def floor_pass(base: Path) -> int:
+    """Only the kernel work of removing every filesystem: umount2 and unlink, one by one."""
+    from runner_fs import host
+
+    removed = 0
+    for mount in sorted((base / "mounts").iterdir()):
+        host.umount(mount)
+        (base / "images" / f"{mount.name}.img").unlink()
+        removed += 1
+    return removed
+
+
 def worker(impl: str, base: Path) -> None:
     start = time.perf_counter()
-    harvested = (ours_pass if impl == "ours" else reference_pass)(base)
+    harvested = {"ours": ours_pass, "reference": reference_pass, "floor": floor_pass}[impl](base)
     seconds = time.perf_counter() - start
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": seconds, "harvested": harvested, "peak_mib": peak_mib}))
@@ -98,17 +112,17 @@ def worker(impl: str, base: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, nargs="+", default=[100, 1000])
-    parser.add_argument("--worker", choices=["ours", "reference"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["ours", "reference", "floor"], help=argparse.SUPPRESS)
     parser.add_argument("--base", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args.worker, args.base)
         return
-    print("| N | reference model | ours | ratio | peak RSS reference / ours |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| N | reference model | ours | ratio | floor | ours / floor | peak RSS ref. / ours |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for n in args.n:
         measured = {}
-        for impl in ("reference", "ours"):
+        for impl in ("reference", "ours", "floor"):
             with tempfile.TemporaryDirectory(prefix="runner-fs-bench-") as directory:
                 base = Path(directory) / "fs"
                 try:
@@ -121,11 +135,13 @@ def main() -> None:
                     assert measured[impl]["harvested"] == n, measured[impl]
                 finally:
                     purge(base)
-        ref, ours = measured["reference"], measured["ours"]
+        ref, ours, floor = measured["reference"], measured["ours"], measured["floor"]
         print(
             f"| {n} | {ref['seconds']:.2f} s | {ours['seconds']:.2f} s |"
-            f" {ref['seconds'] / ours['seconds']:.1f}x |"
-            f" {ref['peak_mib']:.0f} / {ours['peak_mib']:.0f} MiB |"
+            f" {ref['seconds'] / ours['seconds']:.1f}x | {floor['seconds']:.2f} s |"
+            f" {ours['seconds'] / floor['seconds']:.2f}x |"
+            f" {ref['peak_mib']:.0f} / {ours['peak_mib']:.0f} MiB |",
+            flush=True,
         )
 
 
