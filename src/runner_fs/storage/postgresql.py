@@ -196,6 +196,12 @@ class PostgreSQLStorage(SQLStorage):
         with self.db.transaction():
             yield
 
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        with self.db.transaction():
+            self.db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield
+
     def _execute(self, sql: str, args: Iterable[Any] = ()) -> psycopg.Cursor:
         return self.db.execute(sql, tuple(args))
 

@@ -222,6 +222,10 @@ class SQLStorage(BaseStorage):
         """Commit what runs inside, or roll all of it back."""
 
     @abc.abstractmethod
+    def _snapshot(self) -> contextlib.AbstractContextManager[None]:
+        """Read what runs inside from one snapshot of the database."""
+
+    @abc.abstractmethod
     def _decode(self, stored: Any) -> dict:
         """Return a stored groupby or metadata as a dict."""
 
@@ -438,14 +442,20 @@ class SQLStorage(BaseStorage):
             f"INSERT INTO ledger (key, stored_us, points) VALUES ({mark}, {mark}, {mark})"
             " ON CONFLICT (key) DO NOTHING RETURNING key"
         )
-        points = list(points)
         rollup = Rollup()
-        for begin_us, _, type_, _, qty, price, groupby, metadata, _ in points:
-            rollup.add(begin_us, type_, qty, price, self._decode(groupby), self._decode(metadata))
+
+        def counted(rows: Iterable[tuple]) -> Iterator[tuple]:  # streamed, never all in memory
+            for row in rows:
+                begin_us, _, type_, _, qty, price, groupby, metadata, _ = row
+                rollup.add(
+                    begin_us, type_, qty, price, self._decode(groupby), self._decode(metadata)
+                )
+                yield row
+
         with self._writing("copy into"):
             if not self._execute(claim, (key, now, 0)).fetchall():
                 return False
-            self._insert(points)
+            self._insert(counted(points))
             self._add_rollup(rollup)
             for row in ledger:
                 self._execute(claim, row)
@@ -610,7 +620,7 @@ class SQLStorage(BaseStorage):
         names = [key for key in groupby if key != "time"]
         by_time = "time" in groupby
         first_day, last_day = -(-begin_us // DAY_US), end_us // DAY_US
-        with self._reporting("reading"):
+        with self._reporting("reading"), self._snapshot():  # rollups and edges agree
             if (
                 not by_time
                 and first_day < last_day

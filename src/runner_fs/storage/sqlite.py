@@ -179,6 +179,14 @@ class SQLiteStorage(SQLStorage):
             raise
         self.db.execute("COMMIT")
 
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        self.db.execute("BEGIN")  # deferred: a read transaction sees one state of the file
+        try:
+            yield
+        finally:
+            self.db.execute("COMMIT")
+
     def _execute(self, sql: str, args: Iterable[Any] = ()) -> sqlite3.Cursor:
         return self.db.execute(sql, tuple(args))
 
