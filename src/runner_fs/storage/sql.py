@@ -372,18 +372,25 @@ class SQLStorage(BaseStorage):
     def _ids_of(self, groups: set[tuple]) -> dict[tuple, int]:
         """Return the ids of rollup groups, adding the new ones (inside a write transaction)."""
         ids = {group: self._group_ids[group] for group in groups if group in self._group_ids}
-        marks = ", ".join([self.MARK] * (1 + len(ROLLUP_KEYS)))
-        same = " AND ".join(f"{name} = {self.MARK}" for name in GROUP_COLUMNS.split(", "))
-        for group in sorted(groups - ids.keys()):
+        missing = sorted(
+            groups - ids.keys()
+        )  # added in one order: concurrent units never deadlock
+        for start in range(0, len(missing), 1000):
+            chunk = missing[start : start + 1000]
+            rows = ", ".join([f"({', '.join([self.MARK] * len(chunk[0]))})"] * len(chunk))
+            values = [value for group in chunk for value in group]
             self._execute(
-                f"INSERT INTO rollup_groups ({GROUP_COLUMNS}) VALUES ({marks})"
+                f"INSERT INTO rollup_groups ({GROUP_COLUMNS}) VALUES {rows}"
                 f" ON CONFLICT ({GROUP_COLUMNS}) DO NOTHING",
-                group,
+                values,
             )
-            (number,) = self._execute(
-                f"SELECT id FROM rollup_groups WHERE {same}", group
-            ).fetchone()
-            ids[group] = self._new_group_ids[group] = number
+            found = self._execute(
+                f"SELECT id, {GROUP_COLUMNS} FROM rollup_groups"
+                f" WHERE ({GROUP_COLUMNS}) IN (VALUES {rows})",
+                values,
+            ).fetchall()
+            for number, *group in found:
+                ids[tuple(group)] = self._new_group_ids[tuple(group)] = number
         return ids
 
     def _groups_of(self, ids: Iterable[int]) -> dict[int, tuple]:
