@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -127,6 +128,7 @@ def main() -> None:
                 base = Path(directory) / "fs"
                 try:
                     setup(base, n)
+                    os.sync()  # the setup's writes are not the pass's to flush
                     out = subprocess.run(
                         [sys.executable, __file__, "--worker", impl, "--base", str(base)],
                         check=True, capture_output=True, text=True,

@@ -198,6 +198,7 @@ def main() -> None:
     for n in args.n:
         runs = {}
         for impl in ("reference", "ours", "floor"):
+            os.sync()  # no side pays for the writeback of the one before
             out = subprocess.run(
                 [sys.executable, __file__, "--worker", impl, "--n", str(n)],
                 check=True, capture_output=True, text=True,

@@ -28,6 +28,7 @@ import re
 import shutil
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -60,6 +61,7 @@ FREE_SPACE_MARGIN = 16 << 20
 MOUNT_FLAGS = host.MS_NOSUID | host.MS_NODEV | host.MS_NOEXEC
 RECORD_VERSION = 1
 RESUME_LOCK_WAIT = 2.0  # seconds list_all waits for a change under way elsewhere
+LOCK_BUCKETS = 64  # runner lock files, shared by name hash: a fixed set, never one per runner
 _OPS = ("creating", "deleting", "quarantining")
 
 
@@ -228,6 +230,7 @@ class SharedFilesystemManager:
         self.locks_dir = self.base_dir / "locks"
         self.templates_dir = self.base_dir / "templates"
         self._templates: dict[tuple[int, int, int], list[tuple[int, bytes]]] = {}
+        self._dirs_ready = False
 
     # -- paths -----------------------------------------------------------------------------
 
@@ -245,10 +248,13 @@ class SharedFilesystemManager:
         return self.mounts_dir / validate_runner_name(runner_name)
 
     def _prepare_dirs(self) -> None:
+        if self._dirs_ready:
+            return
         for directory in (self.images_dir, self.locks_dir, self.templates_dir):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.mounts_dir.mkdir(mode=0o755, exist_ok=True)
         self.quarantine_dir.mkdir(mode=0o700, exist_ok=True)
+        self._dirs_ready = True
 
     # -- locks -----------------------------------------------------------------------------
 
@@ -343,7 +349,9 @@ class SharedFilesystemManager:
             self._resume(name)
             if self._record_path(name).exists() or self._image(name).exists():
                 raise CreateMetricsStorageError(f"runner {name} already has a filesystem")
-            self._marker(name, "creating").touch(mode=0o600)
+            # The record is first written as the `creating` marker, and renamed into place
+            # once mounted: a crash before that leaves the marker, and `_resume` removes all.
+            marker = self._marker(name, "creating")
             step = "write record"
             try:
                 labels = {"flavor": self.flavor, **labels}
@@ -354,17 +362,20 @@ class SharedFilesystemManager:
                     size=self.size,
                     labels={key: str(value) for key, value in labels.items()},
                 )
-                self._write_record(record)
+                fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                with open(fd, "w", encoding="utf-8") as new:
+                    new.write(record.model_dump_json())
                 step = "make mount point"
                 self.mount_point(name).mkdir(mode=0o755)
                 step = "write image"
                 self._write_image(self._image(name), template)
                 step = "mount"
                 host.mount_image(self._image(name), self.mount_point(name), MOUNT_FLAGS)
+                step = "write record"
+                os.replace(marker, self._record_path(name))
             except (OSError, ValueError) as exc:
                 self._remove(name)
                 raise CreateMetricsStorageError(f"runner {name}: {step} failed: {exc}") from exc
-            self._marker(name, "creating").unlink()
         logger.info("created filesystem for runner %s (%d bytes)", name, self.size)
         return MetricsStorage(self.mount_point(name), name)
 
@@ -727,8 +738,10 @@ class SharedFilesystemManager:
     def _runner_lock(
         self, name: str, error: type[MetricsStorageError], timeout: float | None = None
     ) -> Iterator[None]:
+        """Hold the runner's lock file, one of `LOCK_BUCKETS`: never held twice in a thread."""
+        bucket = zlib.crc32(name.encode()) % LOCK_BUCKETS
         try:
-            with self.lock(f"runner-{name}", timeout):
+            with self.lock(f"runner-{bucket:02d}", timeout):
                 yield
         except LockTimeoutError as exc:
             raise error(f"runner {name} is busy: {exc}") from exc
