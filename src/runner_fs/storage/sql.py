@@ -537,6 +537,17 @@ class SQLStorage(BaseStorage):
             *_selection(filters, metric_types),
         )
 
+    def _range(self, column: str, low: int | None, high: int | None) -> tuple[list[str], list]:
+        """Return the clauses and arguments of `low <= column < high` (None: unbounded)."""
+        clauses, args = ["1 = 1"], []
+        if low is not None:
+            clauses.append(f"{column} >= {self.MARK}")
+            args.append(low)
+        if high is not None:
+            clauses.append(f"{column} < {self.MARK}")
+            args.append(high)
+        return clauses, args
+
     def _where_us(
         self,
         begin_us: int | None,
@@ -548,14 +559,7 @@ class SQLStorage(BaseStorage):
         if types is None:
             return "1 = 0", []
         mark = self.MARK
-        clauses: list[str] = ["1 = 1"]
-        args: list[Any] = []
-        if begin_us is not None:
-            clauses.append(f"p.begin_us >= {mark}")
-            args.append(begin_us)
-        if end_us is not None:
-            clauses.append(f"p.begin_us < {mark}")
-            args.append(end_us)
+        clauses, args = self._range("p.begin_us", begin_us, end_us)
         for key, values in attributes.items():
             value_of, key_args = self._filter_value(key)
             clauses.append(f"{value_of} IN ({', '.join([mark] * len(values))})")
@@ -717,14 +721,7 @@ class SQLStorage(BaseStorage):
         if types is None:
             return "1 = 0", []
         mark = self.MARK
-        clauses: list[str] = ["1 = 1"]
-        args: list[Any] = []
-        if first_day is not None:
-            clauses.append(f"r.day >= {mark}")
-            args.append(first_day)
-        if last_day is not None:
-            clauses.append(f"r.day < {mark}")
-            args.append(last_day)
+        clauses, args = self._range("r.day", first_day, last_day)
         kinds = [("type", types)] if types else []
         kinds += [(key, ["=" + value for value in values]) for key, values in attributes.items()]
         if kinds:
