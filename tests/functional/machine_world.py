@@ -117,13 +117,18 @@ class FakeJuju:
         }
 
     def deploy(self, charm: Path) -> None:
-        """Unzip a .charm into the charm directory, over what was there (as an upgrade does)."""
+        """Unzip a .charm into the charm directory, over what was there (as an upgrade does).
+
+        The base's Python is not on this machine: the venv gets the very distributions the
+        charm carries for it, installed again for this machine's `python3` (`stand_in_venv`).
+        """
         with zipfile.ZipFile(charm) as archive:
             for member in archive.infolist():
                 path = Path(archive.extract(member, self.charm))
                 mode = member.external_attr >> 16
                 if mode:
                     path.chmod(mode & 0o777)
+        stand_in_venv(self.charm / "venv")
 
     def dispatch(self, path: str, **env: str) -> None:
         """Run one hook or action through the charm's own dispatch."""
@@ -165,6 +170,36 @@ class FakeJuju:
         """Return the last status set: 'name: message'."""
         name, _, message = self.calls("status-set")[-1][-3:]  # ... NAME -- MESSAGE
         return f"{name}: {message}"
+
+
+def stand_in_venv(venv: Path) -> list[str]:
+    """Install the distributions of the base's `venv/lib/pythonX.Y` again for this `python3`.
+
+    The same names and versions (wheels only, charmhelpers from its sdist) go into the
+    `lib/python3.N` of this machine's `/usr/bin/python3`, which the charm's `dispatch` then
+    links as `venv/bin/python`: the charm's code runs with its own pins, on another CPython.
+
+    Returns:
+        The pins installed (`name==version`).
+    """
+    python = Path("/usr/bin/python3")
+    here = subprocess.run(
+        [python, "-c", "import sys; print(f'python{sys.version_info[0]}.{sys.version_info[1]}')"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    (packed,) = (path for path in (venv / "lib").iterdir() if path.name != here)
+    pins = sorted(
+        "{}=={}".format(*info.name.removesuffix(".dist-info").rsplit("-", 1))
+        for info in (packed / "site-packages").glob("*.dist-info")
+    )
+    target = venv / "lib" / here / "site-packages"
+    shutil.rmtree(target, ignore_errors=True)
+    subprocess.run(
+        [PACK_VENV / "bin/uv", "pip", "install", "--quiet", "--python", python, "--target",
+         target, "--no-deps", "--only-binary", ":all:", "--no-binary", "charmhelpers", *pins],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return pins
 
 
 def tools(home: Path) -> Path:
