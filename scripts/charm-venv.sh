@@ -48,5 +48,5 @@ include-system-site-packages = false
 CFG
 cp --archive --recursive "$project/src" "$project/lib" "$install/"
 find "$install/src" "$install/lib" -name __pycache__ -prune -exec rm -rf {} +
-version=$(sed -nE 's/^version = "(.*)"$/\1/p' "$project/pyproject.toml")
+version=$(sed -nE 's/^__version__ = "(.*)"$/\1/p' "$project/src/runner_fs/__init__.py")
 echo "$version+$(date -u +%Y%m%d%H%M%S)" > "$install/version"

@@ -22,9 +22,8 @@ from charm_state import CharmConfig, CharmState, InvalidConfigError, option_erro
 from database import DatabaseRequirer
 from machine import WRAPPER, Machine
 from runner_fs import archive, eventlog, health, host
-from runner_fs.config import ConfigError, load_config
 from runner_fs.errors import RunnerFsError
-from runner_fs.reconcile import ReconcileResult, at_tenth, list_filesystems, record_reconcile
+from runner_fs.reconcile import ReconcileResult, at_tenth, last_reconcile, list_filesystems
 from runner_fs.report import parse_instant, parse_list, report
 
 logger = logging.getLogger(__name__)
@@ -113,30 +112,13 @@ class RunnerFsCharm(ops.CharmBase):
         eventlog.attach(state.host.event_log)
         return state
 
-    def _state_in_use(self) -> CharmState:
-        """Return the state harvests may use: PostgreSQL only once the local store is in it.
-
-        While moving the local SQLite store into PostgreSQL fails, harvests go on into the
-        local file and the next event tries again.
-
-        Raises:
-            InvalidConfigError: an option is invalid.
-            MachineTakenError: another runner-fs unit manages this machine.
-        """
-        state = self._state()
-        if state.host.storage_backend == "postgresql":
-            try:
-                if state.host.move_local_store():
-                    logger.info("local metrics copied into PostgreSQL")
-            except RunnerFsError as exc:
-                logger.error("metrics stay local for now: %s", exc)
-                return self._state(use_database=False)
-        return state
-
     # -- lifecycle -----------------------------------------------------------------------
 
-    def _converge(self) -> CharmState | None:
+    def _converge(self, upgraded: bool = False) -> CharmState | None:
         """Render the host config, timer and wrapper; tell the provisioner whether it is ready.
+
+        Nothing here waits on storage: harvests, the move of the local store into PostgreSQL
+        and schema upgrades run in the reconcile service, outside hooks.
 
         Returns None when the config or the machine does not allow it now.
         """
@@ -144,8 +126,10 @@ class RunnerFsCharm(ops.CharmBase):
             return None
         state = None
         try:
-            state = self._state_in_use()
-            self.machine.converge(state, self.unit.name, self.charm_dir, nagios=self._nrpe_related)
+            state = self._state()
+            self.machine.converge(
+                state, self.unit.name, self.charm_dir, self._nrpe_related, upgraded
+            )
         except (InvalidConfigError, MachineTakenError) as exc:
             logger.warning("not converging: %s", exc)
             state = None
@@ -169,14 +153,7 @@ class RunnerFsCharm(ops.CharmBase):
         )
 
     def _on_converge(self, event: ops.EventBase) -> None:
-        state = self._converge()
-        if state and isinstance(event, ops.UpgradeCharmEvent):
-            try:  # init() upgrades the schema; nothing is unmounted
-                state.host.storage().close()
-            except RunnerFsError as exc:
-                problem = f"storage schema not upgraded (the next pass will): {exc}"
-                logger.error("%s", problem)
-                record_reconcile(state.host.base_dir, ReconcileResult(errors=1, problem=problem))
+        state = self._converge(upgraded=isinstance(event, ops.UpgradeCharmEvent))
         nrpe_event = (
             isinstance(event, ops.RelationEvent) and event.relation.name == nagios.RELATION
         )
@@ -233,51 +210,35 @@ class RunnerFsCharm(ops.CharmBase):
         self.machine.remove(host_config=host_config)
 
     def _on_reconcile(self, _: ReconcileEvent) -> None:
-        """Run one harvest pass (the timer's event); nothing once the unit is stopping."""
-        if self._stored.stopped:
-            logger.info("reconcile skipped: this unit is stopping")
-            return
-        try:
-            counts = self._run_reconcile()
-        except (InvalidConfigError, RunnerFsError) as exc:
-            logger.error("reconcile not run: %s", exc)
-            return
-        logger.info("reconcile: %s", counts)
+        """Log the pass the timer's service just ran; status follows from its record.
 
-    def _run_reconcile(self, event: ops.ActionEvent | None = None) -> dict[str, int]:
-        """Converge (a pending move into PostgreSQL is retried), then harvest where it says.
-
-        Raises:
-            InvalidConfigError: an option is invalid.
-            RunnerFsError: the pass could not run (recorded for status).
+        The pass itself ran in runner-fs-reconcile.service: this hook only reads a file.
         """
-        state = self._converge()
-        if state is None:
-            state = self._state_in_use()  # raises what stopped the converge
-
-        def progress(done: int, total: int) -> None:
-            if event and at_tenth(done, total):
-                event.log(f"{done}/{total} filesystems")
-
-        return state.host.reconcile(progress).as_dict()
+        if self._stored.stopped:
+            logger.info("reconcile event ignored: this unit is stopping")
+            return
+        record = last_reconcile(self.machine.base_dir) or {}
+        counts = {key: record.get(key) for key in ReconcileResult().as_dict()}
+        logger.info("last pass (%s): %s; problem: %s", record.get("ended"), counts,
+                    record.get("problem"))  # fmt: skip
 
     # -- actions -------------------------------------------------------------------------
 
     def _on_list_action(self, event: ops.ActionEvent) -> None:
         try:
             state = self._state()
-        except (InvalidConfigError, MachineTakenError) as exc:
-            event.fail(str(exc))
+            manager = state.host.manager()
+            rows = list_filesystems(manager, state.host.max_age)
+            archives = [
+                {"archive": str(path), "size": stat.st_size,
+                 "created": datetime.datetime.fromtimestamp(stat.st_mtime, datetime.timezone.utc)
+                 .isoformat(timespec="seconds")}
+                for path, stat in manager.archives()
+            ]  # fmt: skip
+        except (InvalidConfigError, RunnerFsError, OSError) as exc:
+            event.fail(f"cannot list filesystems: {exc}")
             return
-        manager = state.host.manager()
-        rows = list_filesystems(manager, state.host.max_age)
         counts = collections.Counter(row["state"] for row in rows)
-        archives = [
-            {"archive": str(path), "size": stat.st_size,
-             "created": datetime.datetime.fromtimestamp(stat.st_mtime, datetime.timezone.utc)
-             .isoformat(timespec="seconds")}
-            for path, stat in manager.archives()
-        ]  # fmt: skip
         event.set_results({
             "filesystems": json.dumps(rows), "counts": json.dumps(counts),
             "archives": json.dumps(archives),
@@ -292,9 +253,19 @@ class RunnerFsCharm(ops.CharmBase):
         event.set_results({"archive": str(path), "sha256": archive.sha256_of(path)})
 
     def _on_reconcile_action(self, event: ops.ActionEvent) -> None:
+        """Run one pass now, in the hook (an operator asked for it and waits)."""
+        state = self._converge()
+        if state is None:
+            event.fail("not configured: see the unit's status")
+            return
+
+        def progress(done: int, total: int) -> None:
+            if at_tenth(done, total):
+                event.log(f"{done}/{total} filesystems")
+
         try:
-            counts = self._run_reconcile(event)
-        except (InvalidConfigError, RunnerFsError) as exc:
+            counts = state.host.reconcile(progress).as_dict()
+        except RunnerFsError as exc:
             event.fail(str(exc))
             return
         event.set_results(counts)
@@ -337,44 +308,43 @@ class RunnerFsCharm(ops.CharmBase):
         if self._converge_problem:
             event.add_status(ops.BlockedStatus(f"{self._converge_problem:.200}"))
             return
+        record = last_reconcile(state.host.base_dir) or {}
         if state.config.storage_backend == "postgresql":
-            waiting = self._database_status()
+            waiting = self._database_status(record)
             if waiting:
                 event.add_status(waiting)
                 return
         event.add_status(self._harvest_status(state))
 
-    def _harvest_status(self, state: CharmState) -> ops.StatusBase:
-        """Active while passes succeed; Blocked with the reason when the last failed or stalled.
+    def _harvest_status(self, state: CharmState) -> ops.ActiveStatus:
+        """Active; a failed or stalled last pass is named in the message (the next may heal it).
 
-        The Active message changes only with the config: counts and times are in the `list`
-        action and `juju debug-log`.
+        While all is well the message changes only with the config: counts and times are in
+        the `list` action and `juju debug-log`.
         """
+        message = (
+            f"harvesting every {state.reconcile_interval} min into {state.host.storage_backend}"
+        )
         interval = datetime.timedelta(minutes=state.reconcile_interval)
         base_dir = state.host.base_dir
         for finding in (health.last_pass(base_dir), health.freshness(base_dir, interval)):
             if finding.code != health.OK:
-                return ops.BlockedStatus(f"{finding.message} (see juju debug-log)")
-        return ops.ActiveStatus(
-            f"harvesting every {state.reconcile_interval} min into {state.host.storage_backend}"
-        )
+                return ops.ActiveStatus(f"{message}; {finding.message:.200} (see juju debug-log)")
+        return ops.ActiveStatus(message)
 
-    def _database_status(self) -> ops.StatusBase | None:
-        """Say what storage-backend=postgresql still waits for; None once it is in use."""
+    def _database_status(self, record: dict) -> ops.StatusBase | None:
+        """Say what storage-backend=postgresql still needs; None once passes reach it."""
         if self.database.relation is None:
             return ops.BlockedStatus(
                 "integrate with a postgresql charm: juju integrate runner-fs postgresql"
             )
         if self.database.login is None:
-            return ops.WaitingStatus("waiting for database credentials from postgresql")
-        try:
-            rendered = load_config(self.machine.config_path).storage_backend
-        except ConfigError:
-            rendered = None
-        if rendered != "postgresql":
             return ops.WaitingStatus(
-                "postgresql unreachable: harvests go to the local file until it answers"
-                " (see juju debug-log)"
+                "waiting for database credentials from postgresql (harvests go to a local file)"
+            )
+        if record.get("storage_down"):
+            return ops.WaitingStatus(
+                f"postgresql unreachable, filesystems wait for it: {record.get('problem')!s:.160}"
             )
         return None
 

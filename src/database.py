@@ -34,7 +34,7 @@ REQUESTED_SECRETS = ["username", "password", "uris", "tls", "tls-ca"]
 class Login:
     """What the provider answered: a libpq URI without TLS settings, and its TLS offer."""
 
-    uri: str
+    uri: str = dataclasses.field(repr=False)  # holds the password
     tls: bool
     tls_ca: str | None
 

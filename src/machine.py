@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 JUJU_EXEC = "/usr/bin/juju-exec"
+HOOK_TIMEOUT = 60  # seconds the timer's reconcile hook may take (it only reads a record)
 SERVICE = "runner-fs-reconcile.service"
 TIMER = "runner-fs-reconcile.timer"
 METRICS = "runner-fs-metrics.service"
@@ -87,13 +89,20 @@ class Machine:
             return None
 
     def converge(
-        self, state: CharmState, unit_name: str, charm_dir: Path, nagios: bool = False
+        self,
+        state: CharmState,
+        unit_name: str,
+        charm_dir: Path,
+        nagios: bool = False,
+        upgraded: bool = False,
     ) -> list[Path]:
         """Render every file from `state`; leave the timer and the metrics service active.
 
         Both are enabled and started on every call (one stopped by hand comes back), and the
-        metrics service is restarted when its settings change. With `nagios`, the NRPE plugin
-        `check_runner_fs` is installed too (else removed).
+        metrics service is restarted when its settings change or the charm was `upgraded`
+        (it runs the charm's code), which also starts a pass now (it upgrades the storage
+        schema outside the hook). With `nagios`, the NRPE plugin `check_runner_fs` is
+        installed too (else removed).
 
         Returns:
             The files that changed.
@@ -114,7 +123,13 @@ class Machine:
             CONFIG_PATH: ("config.yaml.j2", {"settings": settings}, 0o600),
             SYSTEMD_DIR / SERVICE: (
                 "runner-fs-reconcile.service.j2",
-                {"unit": unit_name, "juju_exec": JUJU_EXEC, "timeout": max(300, interval * 60)},
+                {
+                    "unit": unit_name,
+                    "wrapper": WRAPPER,
+                    "juju_exec": JUJU_EXEC,
+                    "timeout": max(300, interval * 60),
+                    "hook_timeout": HOOK_TIMEOUT,
+                },
                 0o644,
             ),
             SYSTEMD_DIR / TIMER: (
@@ -124,7 +139,12 @@ class Machine:
             ),
             SYSTEMD_DIR / METRICS: (
                 "runner-fs-metrics.service.j2",
-                {"wrapper": WRAPPER, "port": state.config.metrics_port, "interval": interval},
+                {
+                    "wrapper": WRAPPER,
+                    "port": state.config.metrics_port,
+                    "interval": interval,
+                    "version": charm_version(charm_dir),
+                },
                 0o644,
             ),
             LOGROTATE: ("logrotate.j2", {"path": self.event_log}, 0o644),
@@ -155,8 +175,10 @@ class Machine:
             systemd.daemon_reload()
         for unit in (TIMER, METRICS):
             systemd.service_resume(unit)  # unmask, enable --now, then check it is active
-        if {CONFIG_PATH, SYSTEMD_DIR / METRICS} & set(changed):
+        if upgraded or {CONFIG_PATH, SYSTEMD_DIR / METRICS} & set(changed):
             systemd.service_restart(METRICS)  # it reads the host config when it starts
+        if upgraded:
+            systemd.service_start("--no-block", SERVICE)
         return changed
 
     def remove(self, *, host_config: bool) -> None:
@@ -187,6 +209,14 @@ class Machine:
                 logger.warning("could not %s: %s", what, exc)
 
 
+def charm_version(charm_dir: Path) -> str:
+    """Return the charm's build version (its `version` file), or `unknown`."""
+    try:
+        return (charm_dir / "version").read_text(encoding="utf-8").strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
 def _write_if_changed(path: Path, content: str, mode: int) -> bool:
     """Atomically replace `path` with `content` unless it already holds it."""
     try:
@@ -195,11 +225,16 @@ def _write_if_changed(path: Path, content: str, mode: int) -> bool:
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as stream:
-        stream.write(content)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    # A new file of its own, 0600 from its first byte (the host config holds the database
+    # login); widened to `mode` only once written.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as stream:
+            stream.write(content)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     logger.info("wrote %s", path)
     return True

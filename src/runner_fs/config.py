@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import logging
 import os
 import pwd
 import socket
@@ -31,6 +32,8 @@ from runner_fs.shared_fs import (
 from runner_fs.storage import BaseStorage, get_storage
 from runner_fs.storage.sql import SQLStorage
 from runner_fs.storage.sqlite import SQLiteStorage
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_PATH = Path("/etc/runner-fs/config.yaml")
 CONFIG_ENV = "RUNNER_FS_CONFIG"
@@ -192,17 +195,24 @@ class HostConfig(BaseModel):
     ) -> ReconcileResult:
         """Run one harvest pass; a pass that cannot start is recorded as failed too.
 
+        A local store left from before PostgreSQL was reachable is moved into it first.
+
         Raises:
             StorageError: the storage backend cannot start.
             LockTimeoutError: another pass held the lock for the whole wait.
         """
         try:
+            if self.move_local_store(lock_timeout):
+                logger.info("local metrics store copied into %s", self.storage_backend)
             reconciler = self.reconciler(lock_timeout)
             with reconciler.storage:
                 return reconciler.run(progress)
         except RunnerFsError as exc:
             if self.base_dir.is_dir():
-                record_reconcile(self.base_dir, ReconcileResult(errors=1, problem=str(exc)))
+                failed = ReconcileResult(
+                    errors=1, problem=str(exc), storage_down=isinstance(exc, StorageError)
+                )
+                record_reconcile(self.base_dir, failed)
             raise
 
 

@@ -24,7 +24,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
-from runner_fs import host, tallies
+from runner_fs import __version__, host, tallies
 from runner_fs.config import HostConfig
 from runner_fs.errors import StorageError
 from runner_fs.reconcile import last_reconcile, list_filesystems
@@ -32,6 +32,7 @@ from runner_fs.storage import BaseStorage
 
 logger = logging.getLogger(__name__)
 
+VERSION_ENV = "RUNNER_FS_VERSION"  # the charm's build, set by the runner-fs-metrics service
 STATES = ("running", "finished", "released", "expired", "broken")
 COUNTERS = {
     tallies.HARVESTED: "Runners harvested: their metrics stored and their filesystem removed.",
@@ -120,6 +121,12 @@ class HostCollector:
         )
 
     def _passes(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "runner_fs_build_info", "The build of runner-fs this exporter runs (always 1).",
+            labels=["version"],
+        )  # fmt: skip
+        info.add_metric([os.environ.get(VERSION_ENV) or __version__], 1)
+        yield info
         yield GaugeMetricFamily(
             "runner_fs_reconcile_interval_seconds", "Time between two harvest passes.",
             value=self.interval * 60,

@@ -47,6 +47,7 @@ class ReconcileResult:
     errors: int = 0
     problem: str | None = None
     duration: float = 0.0  # seconds
+    storage_down: bool = False  # the storage backend failed: nothing could be pushed
 
     def as_dict(self) -> dict[str, int]:
         """Return the counts by name."""
@@ -112,6 +113,7 @@ def last_reconcile(base_dir: Path) -> dict[str, Any] | None:
     """Return the last pass's record, or None before the first.
 
     Keys: `ended` (ISO 8601 UTC), the counts, `problem` (the first error, or None),
+    `storage_down` (whether the storage backend failed),
     `duration_seconds`, `errors_total` (errors of every pass so far), `last_success` (when a
     pass last ended without an error, or None) and `since` (when passes were set up here, if
     that was noted before the first pass).
@@ -129,6 +131,7 @@ def record_reconcile(base_dir: Path, result: ReconcileResult) -> None:
     previous = last_reconcile(base_dir) or {}
     success = ended if not result.errors else previous.get("last_success")
     record: dict[str, Any] = {"ended": ended, **result.as_dict(), "problem": result.problem}
+    record["storage_down"] = result.storage_down
     record |= {
         "duration_seconds": round(result.duration, 3),
         "errors_total": int(previous.get("errors_total") or 0) + result.errors,
@@ -275,6 +278,7 @@ class Reconciler:
             stored = self.storage.push_many([harvest for _, _, harvest, _ in ready])
         except StorageError as exc:
             result.fail(f"storage failed; filesystems wait for the next pass: {exc}")
+            result.storage_down = True
             result.skipped += len(ready)
             for _ in ready:
                 step()

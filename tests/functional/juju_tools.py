@@ -7,20 +7,43 @@ It answers from the JSON file `$FAKE_JUJU_STATE`: `config`, `params` (of the act
 writes the local application's or unit's data back into it (from `--file PATH` or
 `--file -`, as ops and charmhelpers call it). Every call is appended to `$FAKE_JUJU_LOG`
 as a JSON line `[tool, args]`.
+
+`juju-exec UNIT COMMAND` runs COMMAND in the unit's charm directory under a machine lock (a
+lock file beside the state) and logs how long it held the lock: `["juju-exec-held", [s]]`.
+
+Juju's tools are small Go programs that answer in milliseconds; so that a hook's time is the
+charm's own, these run as `python -I -S` and import only what the tool needs (`relation-set`,
+which parses YAML, runs with the site packages).
 """
 
 import json
 import os
 import sys
-from pathlib import Path
-
-import yaml
 
 TOOLS = (
     "config-get", "is-leader", "status-set", "status-get", "juju-log", "action-get",
     "action-set", "action-log", "action-fail", "application-version-set", "goal-state",
-    "relation-ids", "relation-list", "relation-get", "relation-set", "secret-get",
+    "relation-ids", "relation-list", "relation-get", "relation-set", "secret-get", "juju-exec",
 )  # fmt: skip
+
+
+def juju_exec(command: str, log_path: str) -> int:
+    """Run `command` in the charm directory holding the machine lock; log the time held."""
+    import fcntl  # only this tool needs these three
+    import subprocess
+    import time
+
+    lock_path = os.path.join(os.path.dirname(os.environ["FAKE_JUJU_STATE"]), "machine.lock")
+    with open(lock_path, "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        started = time.monotonic()
+        code = subprocess.run(
+            ["sh", "-c", command], cwd=os.environ["JUJU_CHARM_DIR"], check=False
+        ).returncode
+        held = time.monotonic() - started
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(json.dumps(["juju-exec-held", [held]]) + "\n")
+    return code
 
 
 def _relation(state: dict, args: list[str]) -> dict:
@@ -71,6 +94,8 @@ def _relation_tool(tool: str, args: list[str], state: dict, stdin: str) -> objec
             return relation["local_unit_data"]
         return relation.get("remote_units_data", {}).get(member, {})
     data = "local_app_data" if "--app" in args else "local_unit_data"  # relation-set
+    import yaml  # relation-set alone runs with the site packages
+
     relation[data].update(yaml.safe_load(stdin) or {})
     return None
 
@@ -78,15 +103,25 @@ def _relation_tool(tool: str, args: list[str], state: dict, stdin: str) -> objec
 def main() -> None:
     """Answer one hook tool call."""
     tool, args = sys.argv[1], sys.argv[2:]
-    path = Path(os.environ["FAKE_JUJU_STATE"])
-    state = json.loads(path.read_text())
-    source = args[args.index("--file") + 1] if "--file" in args else None
-    stdin = (sys.stdin.read() if source == "-" else Path(source).read_text()) if source else ""
     with open(os.environ["FAKE_JUJU_LOG"], "a", encoding="utf-8") as log:
         log.write(json.dumps([tool, args]) + "\n")
+    if tool == "juju-exec":  # juju-exec [--unit] UNIT COMMAND
+        sys.exit(juju_exec(args[-1], os.environ["FAKE_JUJU_LOG"]))
+    path = os.environ["FAKE_JUJU_STATE"]
+    with open(path, encoding="utf-8") as file:
+        state = json.load(file)
+    source = args[args.index("--file") + 1] if "--file" in args else None
+    if source == "-":
+        stdin = sys.stdin.read()
+    elif source:
+        with open(source, encoding="utf-8") as file:
+            stdin = file.read()
+    else:
+        stdin = ""
     result = answer(tool, args, state, stdin)
     if tool == "relation-set":
-        path.write_text(json.dumps(state))
+        with open(path, "w", encoding="utf-8") as file:
+            json.dump(state, file)
     if result is not None:
         print(json.dumps(result))
 

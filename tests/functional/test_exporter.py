@@ -15,6 +15,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+import runner_fs
 from runner_fs import host
 from runner_fs.metrics import runner as files
 from runner_fs.reconcile import Reconciler
@@ -107,6 +108,7 @@ def _expected() -> dict[tuple[str, tuple], float]:
         _key("runner_fs_quarantine_archives"): 1,
         _key("runner_fs_loop_devices_in_use"): 1,
         _key("runner_fs_storage_up"): 1,
+        _key("runner_fs_build_info", version=runner_fs.__version__): 1,  # no charm build set
     }
 
 

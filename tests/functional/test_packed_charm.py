@@ -10,6 +10,7 @@ action, upgrade-charm to a second build, stop and remove.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import textwrap
@@ -92,6 +93,20 @@ def _finished_runner(name: str, job: int) -> str:
     """)
 
 
+def _scrape(juju: FakeJuju) -> str:
+    """Start the exporter as runner-fs-metrics.service does, scrape it once, stop it."""
+    unit = juju.service("runner-fs-metrics.service")
+    (command,), environment = unit["ExecStart"], " ".join(unit.get("Environment", []))
+    command = command.replace("--port 10242", "--port 10299")
+    return juju.sh(
+        f"env {environment} {command} 2> served & pid=$!\n"
+        "until grep -q serving served; do kill -0 $pid; sleep 0.1; done\n"
+        f"{sys.executable} -c 'import urllib.request as u;"
+        ' print(u.urlopen("http://127.0.0.1:10299/metrics").read().decode())\'\n'
+        "kill $pid"
+    )
+
+
 @pytest.fixture(scope="module")
 def story(packed, second_build, tmp_path_factory, postgres_server):
     """Run the packed charm through a unit's whole life; return what was seen on the way."""
@@ -116,15 +131,10 @@ def story(packed, second_build, tmp_path_factory, postgres_server):
         ).splitlines()
         juju.sh(_finished_runner("runner-1", job=100))
         seen["wrapper-list"] = json.loads(juju.sh("/usr/local/bin/runner-fs list --json"))
-        juju.dispatch("hooks/reconcile")  # what the timer's service dispatches
+        seen["sqlite-pass"] = juju.run_reconcile_service()  # what the timer starts
         seen["sqlite-report"] = json.loads(juju.sh("/usr/local/bin/runner-fs report --json"))
-        seen["scrape"] = juju.sh(  # the exporter the runner-fs-metrics service runs
-            "/usr/local/bin/runner-fs serve-metrics --port 10299 2> served & pid=$!\n"
-            "until grep -q serving served; do kill -0 $pid; sleep 0.1; done\n"
-            f"{sys.executable} -c 'import urllib.request as u;"
-            ' print(u.urlopen("http://127.0.0.1:10299/metrics").read().decode())\'\n'
-            "kill $pid"
-        )
+        seen["scrape"] = _scrape(juju)
+        seen["first-version"] = juju.sh("cat version").strip()
 
         dbname = "packed_charm"
         postgres_server.create_database(dbname)
@@ -150,7 +160,7 @@ def story(packed, second_build, tmp_path_factory, postgres_server):
 
         juju.sh(_finished_runner("runner-2", job=200))
         juju.sh("/usr/local/bin/runner-fs create runner-3 --label flavor=small >/dev/null")
-        juju.dispatch("hooks/reconcile")
+        seen["pg-pass"] = juju.run_reconcile_service()
         juju.action("list")
         juju.action("quarantine", runner="runner-3")
         juju.action("quarantine", runner="ghost")
@@ -160,6 +170,22 @@ def story(packed, second_build, tmp_path_factory, postgres_server):
         seen["archive-exists"] = juju.sh(
             f"test -f {juju.results()[1]['archive']} && echo yes"
         ).strip()
+
+        with socket.create_server(("127.0.0.1", 0)) as black_hole:  # accepts, never answers
+            published = dict(juju.state["relations"]["database"]["app_data"])
+            juju.state["relations"]["database"]["app_data"]["endpoints"] = (
+                f"127.0.0.1:{black_hole.getsockname()[1]}"
+            )
+            juju.relation("changed", "database")
+            juju.sh(_finished_runner("runner-5", job=50))
+            seen["unreachable-pass"] = juju.run_reconcile_service()
+            seen["unreachable-status"] = juju.status()
+            seen["unreachable-record"] = juju.sh("cat /var/lib/runner-fs/last-reconcile.json")
+            seen["waiting-runners"] = juju.sh("/usr/local/bin/runner-fs list --json")
+        juju.state["relations"]["database"]["app_data"] = published
+        juju.relation("changed", "database")
+        seen["retry-pass"] = juju.run_reconcile_service()
+        seen["retry-status"] = juju.status()
 
         juju.state["relations"]["nrpe-external-master"] = {
             "id": 9, "app": "nrpe", "units": ["nrpe/0"], "app_data": {}, "local_app_data": {},
@@ -172,15 +198,19 @@ def story(packed, second_build, tmp_path_factory, postgres_server):
         )
         commands = juju.sh("cat /etc/nagios/nrpe.d/check_runner_fs_*.cfg | grep ^command")
         seen["nrpe-commands"] = dict(line.split("=", 1) for line in commands.splitlines())
-        seen["nrpe-checks"] = {
-            name: juju.sh(f"{command}; echo exit=$?")
+        juju.sh(f"chmod o+x {' '.join(map(str, reversed(juju.charm.parents[:-1])))}")
+        seen["nrpe-checks"] = {  # as NRPE runs them: as the nagios user
+            name: juju.sh(f"setpriv --reuid=nagios --regid=nagios --clear-groups {command};"
+                          " echo exit=$?")
             for name, command in seen["nrpe-commands"].items()
-        }
+        }  # fmt: skip
         seen["nrpe-exports"] = juju.sh("ls /var/lib/nagios/export").split()
 
         juju.deploy(second_build)
         juju.dispatch("hooks/upgrade-charm")
         seen["after-upgrade"] = juju.status()
+        seen["second-version"] = juju.sh("cat version").strip()
+        seen["scrape-after-upgrade"] = _scrape(juju)
         seen["wrapper-after-upgrade"] = json.loads(juju.sh("/usr/local/bin/runner-fs list --json"))
 
         juju.sh("/usr/local/bin/runner-fs create runner-4 >/dev/null")
@@ -208,6 +238,7 @@ def story(packed, second_build, tmp_path_factory, postgres_server):
 def test_the_packed_charm_renders_the_machine_and_is_active(story):
     assert story["active"] == "active: harvesting every 5 min into sqlite"
     assert "OnUnitInactiveSec=5min" in story["timer"]
+    assert "\nExecStart=/usr/local/bin/runner-fs reconcile\n" in story["service"]
     assert f'juju-exec {UNIT} "JUJU_DISPATCH_PATH=hooks/reconcile ./dispatch"' in story["service"]
     systemctl = story["juju"].calls("systemctl")
     assert ["enable", "--now", "runner-fs-reconcile.timer"] in systemctl
@@ -250,7 +281,7 @@ def test_the_database_relation_moves_the_local_store_into_postgresql(story):
     assert story["request"]["database"] == "runner_fs"
     assert story["postgresql"] == "active: harvesting every 5 min into postgresql"
     assert story["config-mode"] == "600"
-    assert story["pg-points"] == 6  # runner-1 moved from SQLite, runner-2 harvested into it
+    assert story["pg-points"] == 9  # runner-1 moved from SQLite, runner-2 and 5 harvested
 
 
 def test_every_action_answers_through_the_hook_tools(story):
@@ -270,15 +301,51 @@ def test_every_action_answers_through_the_hook_tools(story):
     ]
 
 
-def test_the_password_never_reaches_a_log_or_an_action_result(story, postgres_server):
+def test_the_password_never_reaches_a_log_an_action_result_or_the_pass_record(
+    story, postgres_server
+):
     juju = story["juju"]
     said = json.dumps(juju.calls("juju-log") + juju.calls("action-set") + juju.calls("status-set"))
     assert postgres_server.password not in said
+    assert postgres_server.password not in story["unreachable-record"]
 
 
 def test_upgrade_to_a_second_build_keeps_working(story):
     assert story["after-upgrade"] == "active: harvesting every 5 min into postgresql"
     assert story["wrapper-after-upgrade"] == []
+
+
+def test_after_upgrade_the_exporter_runs_the_second_builds_code(story):
+    first, second = story["first-version"], story["second-version"]
+    assert first != second
+    assert f'runner_fs_build_info{{version="{first}"}} 1.0' in story["scrape"]
+    assert f'runner_fs_build_info{{version="{second}"}} 1.0' in story["scrape-after-upgrade"]
+    systemctl = story["juju"].calls("systemctl")
+    assert ["restart", "runner-fs-metrics.service"] in systemctl
+    assert ["start", "--no-block", "runner-fs-reconcile.service"] in systemctl
+
+
+def test_the_timer_service_harvests_outside_the_hook_it_then_dispatches(story):
+    assert story["sqlite-pass"][0] and story["pg-pass"][0]
+    assert story["sqlite-pass"][1] <= 2 and story["pg-pass"][1] <= 2
+
+
+def test_with_postgresql_unreachable_no_hook_holds_the_machine_lock_over_2_s(story):
+    passed, held = story["unreachable-pass"]
+    assert not passed
+    assert held <= 2, held
+    assert story["unreachable-status"].startswith(
+        "waiting: postgresql unreachable, filesystems wait for it: initialising postgresql://"
+    )
+    record = json.loads(story["unreachable-record"])
+    assert record["storage_down"] and "timeout expired" in record["problem"]
+    waiting = json.loads(story["waiting-runners"])
+    assert [(row["runner"], row["state"]) for row in waiting] == [("runner-5", "finished")]
+
+
+def test_the_next_pass_after_postgresql_answers_again_harvests_what_waited(story):
+    assert story["retry-pass"][0]
+    assert story["retry-status"] == "active: harvesting every 5 min into postgresql"
 
 
 def test_after_stop_a_reconcile_event_does_nothing(story):

@@ -76,7 +76,7 @@ def pair(packed, tmp_path_factory):
         seen["owner"] = runner_fs.sh("stat -c %u:%g /var/lib/runner-fs/mounts/r1").strip()
         seen["results"] = provisioner.results()
 
-        runner_fs.dispatch("hooks/reconcile")  # what the timer dispatches
+        runner_fs.run_reconcile_service()  # what the timer starts
         runner_fs.action("report", groupby="repository,flavor", **{"metric-types": "runner.job"},
                          begin="", end="")  # fmt: skip
         seen["report"] = json.loads(runner_fs.results()[-1]["results"])

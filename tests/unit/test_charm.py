@@ -19,8 +19,9 @@ import pytest
 from ops import testing
 
 import charm
+import machine
 import runner_fs
-from database import split_endpoint
+from database import Login, split_endpoint
 from runner_fs import host
 from runner_fs.dataframe import DataFrame, DataPoint
 from runner_fs.storage import get_storage
@@ -72,10 +73,11 @@ def test_install_renders_config_timer_and_wrapper(ctx, root):
     assert "OnUnitInactiveSec=7min" in timer
     assert "RandomizedDelaySec=84s" in timer
     service = (root / "etc/systemd/system/runner-fs-reconcile.service").read_text()
+    assert "\nExecStart=/usr/local/bin/runner-fs reconcile\nTimeoutStartSec=420\n" in service
     assert (
-        f'/usr/bin/timeout 420 /usr/bin/juju-exec {UNIT_NAME} "JUJU_DISPATCH_PATH=hooks/reconcile'
-        in service
-    )
+        f"\nExecStopPost=/usr/bin/timeout 60 /usr/bin/juju-exec {UNIT_NAME}"
+        ' "JUJU_DISPATCH_PATH=hooks/reconcile ./dispatch"\n'
+    ) in service
     wrapper = root / "usr/local/bin/runner-fs"
     assert wrapper.stat().st_mode & 0o111
     assert f'RUNNER_FS_CONFIG="{root}/etc/runner-fs/config.yaml"' in wrapper.read_text()
@@ -195,6 +197,46 @@ def test_list_action_returns_filesystems_and_counts(ctx, root):
     assert ctx.action_results == {"filesystems": "[]", "counts": "{}", "archives": "[]"}
 
 
+def test_list_action_fails_with_a_message_when_the_filesystems_cannot_be_read(ctx, root):
+    base = root / "var/lib/runner-fs"
+    base.mkdir(parents=True)
+    (base / "images").write_text("a file where the images directory belongs")
+
+    with pytest.raises(testing.ActionFailed, match="cannot list filesystems: "):
+        ctx.run(ctx.on.action("list"), testing.State(config=VALID))
+
+
+def test_the_host_config_is_never_readable_by_others_even_over_a_stale_temporary_file(
+    ctx, root, monkeypatch
+):
+    config = root / "etc/runner-fs/config.yaml"
+    config.parent.mkdir(parents=True)
+    stale = config.with_name(".config.yaml.tmp")
+    stale.write_text("left by an older charm")
+    stale.chmod(0o644)
+    modes = {}
+    real_fdopen = os.fdopen
+
+    def fdopen(fd, *args, **kwargs):  # each file's mode before its first byte is written
+        modes[os.readlink(f"/proc/self/fd/{fd}")] = stat.S_IMODE(os.fstat(fd).st_mode)
+        return real_fdopen(fd, *args, **kwargs)
+
+    monkeypatch.setattr(machine.os, "fdopen", fdopen)
+    ctx.run(ctx.on.install(), testing.State(config=VALID))
+    monkeypatch.undo()
+
+    (written,) = (name for name in modes if "/.config.yaml." in name)
+    assert modes[written] == 0o600
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+
+
+def test_the_database_login_repr_never_shows_the_password():
+    login = Login("postgresql://runner_fs:s3cret-pw@db:5432/runner_fs", True, None)
+
+    assert "s3cret-pw" not in repr(login)
+    assert "s3cret-pw" not in str(login)
+
+
 @pytest.mark.parametrize(
     ("runner", "message"),
     [("ghost", "runner ghost has no filesystem"), ("Bad/Name", "invalid runner name")],
@@ -268,12 +310,20 @@ def test_start_converges_and_is_active(ctx, root):
     assert isinstance(out.unit_status, testing.ActiveStatus)
 
 
-def test_upgrade_charm_initialises_the_storage_schema(ctx, root):
+def test_upgrade_charm_restarts_the_exporter_and_starts_a_pass_outside_the_hook(ctx, root):
+    ctx.run(ctx.on.install(), testing.State(config=VALID))
+    (root / "systemctl.log").unlink()
+    (root / "version").write_text("0.1.0+second\n")
+
     ctx.run(ctx.on.upgrade_charm(), testing.State(config=VALID))
 
-    assert (
-        get_storage("sqlite", path=root / "var/lib/runner-fs/metrics.db").retrieve()["total"] == 0
-    )
+    calls = systemctl_calls(root)
+    assert calls[-2:] == [
+        "restart runner-fs-metrics.service", "start --no-block runner-fs-reconcile.service"
+    ]  # fmt: skip
+    metrics = (root / "etc/systemd/system/runner-fs-metrics.service").read_text()
+    assert "Environment=RUNNER_FS_VERSION=" in metrics
+    assert not (root / "var/lib/runner-fs/metrics.db").exists()  # the pass opens storage
 
 
 def test_remove_takes_the_timer_and_the_host_config_away(ctx, root):
@@ -328,7 +378,8 @@ def test_a_failed_last_pass_shows_in_status_with_its_reason(ctx, root):
 
     out = ctx.run(ctx.on.update_status(), testing.State(config=VALID))
 
-    assert isinstance(out.unit_status, testing.BlockedStatus)
+    assert isinstance(out.unit_status, testing.ActiveStatus)  # the next pass may heal it
+    assert out.unit_status.message.startswith("harvesting every 5 min into sqlite; last harvest")
     assert "last harvest (2026-11-30T10:00:00+00:00) failed: storage failed" in (
         out.unit_status.message
     )
@@ -356,8 +407,8 @@ def test_no_pass_for_three_intervals_shows_in_status(ctx, root):
         ctx.on.update_status(), testing.State(config={**VALID, "reconcile-interval": 6})
     )
 
-    assert isinstance(stale.unit_status, testing.BlockedStatus)
-    assert "no harvest since" in stale.unit_status.message
+    assert isinstance(stale.unit_status, testing.ActiveStatus)
+    assert "; no harvest since" in stale.unit_status.message
     assert fresh.unit_status.name == "active"
 
 
@@ -419,7 +470,7 @@ def test_the_leader_asks_for_a_database_and_waits_for_credentials(ctx, root):
         "requested-secrets": '["username", "password", "uris", "tls", "tls-ca"]',
     }
     assert out.unit_status == testing.WaitingStatus(
-        "waiting for database credentials from postgresql"
+        "waiting for database credentials from postgresql (harvests go to a local file)"
     )
 
 
@@ -445,11 +496,12 @@ def test_credentials_go_into_the_host_config_only(ctx, root, postgres_server, in
 
 def test_switching_to_postgresql_moves_local_metrics_exactly_once(ctx, root, postgres_server):
     local = get_storage("sqlite", path=root / "var/lib/runner-fs/metrics.db")
+    day = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None).date()
+    day = datetime.datetime.combine(day, datetime.time()) - datetime.timedelta(days=1)
     frames = []
-    for hour in range(5):
-        frame = DataFrame(
-            datetime.datetime(2026, 1, 5, hour), datetime.datetime(2026, 1, 5, hour, 30)
-        )
+    for hour in range(5):  # within the retention period: the pass keeps them
+        start = day + datetime.timedelta(hours=hour)
+        frame = DataFrame(start, start + datetime.timedelta(minutes=30))
         frame.add_point(DataPoint("s", 1800, 0, {"unit": UNIT_NAME}, {}), "runner.job")
         frames.append(frame)
     assert local.push_once("runner-fs/0/r1/uuid", frames)
@@ -458,47 +510,35 @@ def test_switching_to_postgresql_moves_local_metrics_exactly_once(ctx, root, pos
     state = testing.State(config=POSTGRESQL, relations=[relation], secrets=[secret])
 
     out = ctx.run(ctx.on.config_changed(), state)
-    ctx.run(ctx.on.secret_changed(secret), out)
-    ctx.run(ctx.on.upgrade_charm(), out)
+    assert (root / "var/lib/runner-fs/metrics.db").exists()  # hooks never wait on storage
+    ctx.run(ctx.on.action("reconcile"), out)  # a pass, as the timer's service runs it
+    ctx.run(ctx.on.action("reconcile"), out)
 
     fleet = get_storage("postgresql", dsn=_rendered(root)["storage-options"]["dsn"])
-    window = (datetime.datetime(2026, 1, 5), datetime.datetime(2026, 1, 6))
-    assert fleet.retrieve(*window)["total"] == 5
+    assert fleet.retrieve(day, day + datetime.timedelta(days=1))["total"] == 5
     assert not fleet.push_once("runner-fs/0/r1/uuid", frames)
     assert not (root / "var/lib/runner-fs/metrics.db").exists()
     fleet.close()
 
 
-def test_an_unreachable_postgresql_keeps_harvests_local_and_says_so(ctx, root, postgres_server):
-    local = get_storage("sqlite", path=root / "var/lib/runner-fs/metrics.db")
-    local.close()
-    relation, secret, _ = _database(postgres_server, "charm_unreachable", port=1)
-
-    out = ctx.run(
-        ctx.on.relation_changed(relation),
-        testing.State(config=POSTGRESQL, relations=[relation], secrets=[secret]),
-    )
-
-    assert out.unit_status == testing.WaitingStatus(
-        "postgresql unreachable: harvests go to the local file until it answers"
-        " (see juju debug-log)"
-    )
-    assert _rendered(root)["storage-backend"] == "sqlite"
-    assert (root / "var/lib/runner-fs/metrics.db").exists()
-
-
-def test_while_postgresql_is_unreachable_a_harvest_goes_into_the_local_file(
+def test_an_unreachable_postgresql_keeps_the_local_store_and_filesystems_waiting(
     ctx, root, postgres_server
 ):
     get_storage("sqlite", path=root / "var/lib/runner-fs/metrics.db").close()  # not moved yet
-    relation, secret, _ = _database(postgres_server, "charm_harvest_local", port=1)
+    relation, secret, _ = _database(postgres_server, "charm_unreachable", port=1)
     state = testing.State(config=POSTGRESQL, relations=[relation], secrets=[secret])
 
-    ctx.run(ctx.on.action("reconcile"), state)  # not into PostgreSQL: its ledger lacks ours
+    out = ctx.run(ctx.on.relation_changed(relation), state)
+    with pytest.raises(testing.ActionFailed, match="Connection refused"):
+        ctx.run(ctx.on.action("reconcile"), out)  # a pass: it records why it failed
+    out = ctx.run(ctx.on.update_status(), out)
 
-    assert ctx.action_results["errors"] == 0
+    assert isinstance(out.unit_status, testing.WaitingStatus)
+    assert out.unit_status.message.startswith(
+        "postgresql unreachable, filesystems wait for it: initialising postgresql://"
+    )
+    assert _rendered(root)["storage-backend"] == "postgresql"
     assert (root / "var/lib/runner-fs/metrics.db").exists()
-    assert _rendered(root)["storage-backend"] == "sqlite"
 
 
 def test_a_removed_relation_blocks_again(ctx, root, postgres_server):
@@ -548,7 +588,8 @@ def test_a_server_certificate_from_another_ca_is_refused(ctx, root, postgres_ser
     with pytest.raises(testing.ActionFailed, match="certificate verify failed"):
         ctx.run(ctx.on.action("reconcile"), out)
     out = ctx.run(ctx.on.update_status(), out)
-    assert "failed: initialising postgresql://runner_fs_test@127.0.0.1" in out.unit_status.message
+    assert isinstance(out.unit_status, testing.WaitingStatus)
+    assert "initialising postgresql://runner_fs_test@127.0.0.1" in out.unit_status.message
 
 
 def test_uris_from_the_provider_are_used_as_given(ctx, root, postgres_server):
@@ -561,8 +602,9 @@ def test_uris_from_the_provider_are_used_as_given(ctx, root, postgres_server):
         ctx.on.relation_changed(relation),
         testing.State(config=POSTGRESQL, relations=[relation], secrets=secrets),
     )
+    ctx.run(ctx.on.action("reconcile"), out)  # a pass reaches it
 
-    assert out.unit_status.name == "active", out.unit_status
+    assert ctx.action_results["errors"] == 0
     assert _rendered(root)["storage-options"]["dsn"] == uri
 
 
@@ -576,8 +618,9 @@ def test_an_ipv6_endpoint_is_reached(ctx, root, postgres_server):
         ctx.on.relation_changed(relation),
         testing.State(config=POSTGRESQL, relations=[relation], secrets=secrets),
     )
+    ctx.run(ctx.on.action("reconcile"), out)  # a pass reaches it
 
-    assert out.unit_status.name == "active", out.unit_status
+    assert ctx.action_results["errors"] == 0
     assert f"@[::1]:{postgres_server.port}/" in _rendered(root)["storage-options"]["dsn"]
 
 
@@ -623,14 +666,14 @@ def test_with_nrpe_related_the_check_plugin_is_installed_and_goes_with_it(ctx, r
     assert not plugin.exists()
 
 
-def test_upgrade_with_postgresql_down_logs_and_says_so_in_status(ctx, root, postgres_server):
+def test_upgrade_with_postgresql_down_never_waits_on_it_in_the_hook(ctx, root, postgres_server):
     relation, _, secrets = _database(postgres_server, "charm_upgrade_down", port=1)
     state = testing.State(config=POSTGRESQL, relations=[relation], secrets=secrets)
 
-    out = ctx.run(ctx.on.upgrade_charm(), state)  # no local store to move: PostgreSQL in use
+    out = ctx.run(ctx.on.upgrade_charm(), state)  # the schema is upgraded by the next pass
 
-    assert isinstance(out.unit_status, testing.BlockedStatus)
-    assert "storage schema not upgraded (the next pass will)" in out.unit_status.message
+    assert out.unit_status.name == "active", out.unit_status
+    assert "start --no-block runner-fs-reconcile.service" in systemctl_calls(root)
     assert _rendered(root)["storage-backend"] == "postgresql"
 
 
@@ -692,3 +735,44 @@ def test_events_are_logged_as_json_under_var_log_and_rotated(ctx, root):
     )  # fmt: skip
     assert checked.returncode == 0, checked.stderr
     assert "error" not in checked.stderr.lower(), checked.stderr
+
+
+def _documented_statuses() -> list[tuple[str, re.Pattern]]:
+    """Return README's status table: each status name and its message as a pattern."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = re.findall(r"^\| (Active|Waiting|Blocked|Maintenance) \| `([^`]+)`", readme, re.M)
+    placeholders = r"\.\.\.|\b(?:N|TIME|REASON|OPTION|VALUE|RULE|UNIT)\b"
+    return [
+        (name.lower(), re.compile(".*".join(map(re.escape, re.split(placeholders, text)))))
+        for name, text in rows
+    ]
+
+
+def test_every_status_the_charm_sets_is_documented_in_the_readme(ctx, root, monkeypatch):
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    record = {"ended": now, "errors": 1, "problem": "storage failed: x", "last_success": now}
+    relation = testing.Relation("database", remote_app_name="postgresql")
+    scenarios = [
+        (lambda: None, testing.State(config=VALID)),
+        (lambda: _last_pass(root, **record), testing.State(config=VALID)),
+        (lambda: _last_pass(root, ended=now, errors=0, last_success="2020-01-01T00:00:00+00:00"),
+         testing.State(config=VALID)),
+        (lambda: None, testing.State(config=POSTGRESQL, relations=[relation])),
+        (lambda: None, testing.State(config=POSTGRESQL)),
+        (lambda: None, testing.State(config={**VALID, "filesystem-size": "10T"})),
+        (lambda: monkeypatch.setattr(host, "LOOP_CONTROL", root / "dev/none"),
+         testing.State(config=VALID)),
+    ]  # fmt: skip
+    documented = _documented_statuses()
+    seen = []
+    for arrange, state in scenarios:
+        arrange()
+        status = ctx.run(ctx.on.update_status(), state).unit_status
+        message = status.message.replace(str(root / "dev/none"), "/dev/loop-control")
+        seen.append(status.name)
+        assert any(
+            name == status.name and pattern.fullmatch(message) for name, pattern in documented
+        ), status
+
+    assert {"active", "waiting", "blocked"} <= set(seen)
+    assert len(documented) == 11

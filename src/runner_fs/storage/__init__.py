@@ -162,5 +162,9 @@ def get_storage(name: str, **options: Any) -> BaseStorage:
         StorageError: no such backend, or it cannot start.
     """
     backend = backend_class(name)(**options)
-    backend.init()
+    try:
+        backend.init()
+    except BaseException:
+        backend.close()  # a connection made before the failure is not left to the collector
+        raise
     return backend

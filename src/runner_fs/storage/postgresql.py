@@ -154,11 +154,11 @@ class PostgreSQLStorage(SQLStorage):
                 self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
                 application_name="runner-fs",
             )  # fmt: skip
+            self._connection = connection  # closed by close(), whatever happens next
             # A harvested filesystem is deleted once its commit returns: the commit must be
             # durable even where the server defaults to synchronous_commit=off.
             connection.execute("SET synchronous_commit = on")
             set_json_loads(orjson.loads, connection)
-            self._connection = connection
         return self._connection
 
     def init(self) -> None:
