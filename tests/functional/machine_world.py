@@ -118,11 +118,14 @@ class FakeJuju:
             "FAKE_JUJU_LOG": str(self.log),
         }
 
-    def deploy(self, charm: Path) -> None:
+    def deploy(self, charm: Path) -> list[str]:
         """Unzip a .charm into the charm directory, over what was there (as an upgrade does).
 
         The base's Python is not on this machine: the venv gets the very distributions the
         charm carries for it, installed again for this machine's `python3` (`stand_in_venv`).
+
+        Returns:
+            The pins installed for this machine's Python.
         """
         with zipfile.ZipFile(charm) as archive:
             for member in archive.infolist():
@@ -130,7 +133,7 @@ class FakeJuju:
                 mode = member.external_attr >> 16
                 if mode:
                     path.chmod(mode & 0o777)
-        stand_in_venv(self.charm / "venv")
+        return stand_in_venv(self.charm / "venv")
 
     def dispatch(self, path: str, **env: str) -> None:
         """Run one hook or action through the charm's own dispatch."""

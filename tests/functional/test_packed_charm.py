@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from .machine_world import PACK_VENV, FakeJuju, machine, pack
+from .test_charm_venv import carried
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = yaml.safe_load((REPO / "charmcraft.yaml").read_text())
@@ -114,7 +115,7 @@ def story(packed, second_build, tmp_path_factory, postgres_server):
     seen: dict = {}
     with machine(tmp_path) as namespace:
         juju = FakeJuju(tmp_path / "runner-fs", namespace, UNIT, CONFIG)
-        juju.deploy(packed["ubuntu@24.04-amd64"])
+        seen["stand-in-pins"] = juju.deploy(packed["ubuntu@24.04-amd64"])
         for hook in ("install", "config-changed", "start"):
             juju.dispatch(f"hooks/{hook}")
         seen["active"] = juju.status()
@@ -242,6 +243,15 @@ def test_the_packed_charm_renders_the_machine_and_is_active(story):
     assert f'juju-exec {UNIT} "JUJU_DISPATCH_PATH=hooks/reconcile ./dispatch"' in story["service"]
     systemctl = story["juju"].calls("systemctl")
     assert ["enable", "--now", "runner-fs-reconcile.timer"] in systemctl
+
+
+def test_the_24_04_charm_runs_on_this_hosts_python_standing_in_for_3_12_with_its_own_pins(
+    story, packed
+):
+    pins = {pin.split("==")[0].lower().replace("_", "-"): pin.split("==")[1]
+            for pin in story["stand-in-pins"]}  # fmt: skip
+    assert pins == carried(packed["ubuntu@24.04-amd64"])
+    assert story["active"].startswith("active: ")  # every hook ran with exactly those
 
 
 def test_the_rendered_units_pass_systemd_analyze_verify(story):
