@@ -35,6 +35,11 @@ def _simulate(manager: SharedFilesystemManager, count: int, rng: random.Random) 
         flavor = "large" if index % 3 == 0 else "small"
         path = manager.create(name, flavor=flavor).path
         started = now - rng.uniform(600, 3600)
+        # The demo plays back an hour: each record says its filesystem was created just
+        # before its runner started, as it would have been (runners cannot claim earlier).
+        record = manager.read_record(name)
+        record.created = datetime.datetime.fromtimestamp(started - 5, datetime.timezone.utc)
+        manager._write_record(record)
         (path / files.INSTALLATION_START_FILE).write_text(f"{started:.3f}")
         (path / files.INSTALLED_FILE).write_text(f"{started + rng.uniform(20, 90):.3f}")
         job_start = started + rng.uniform(100, 300)

@@ -35,3 +35,7 @@ class CorruptMetricDataError(RunnerFsError):
 
 class StorageError(RunnerFsError):
     """The metrics storage backend failed or was given something it cannot store."""
+
+
+class StorageDataError(StorageError):
+    """The storage refused a value (out of range, not storable): the data's fault, not its."""

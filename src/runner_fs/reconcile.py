@@ -22,9 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from runner_fs import tallies
-from runner_fs.errors import CorruptMetricDataError, MetricsStorageError, StorageError
+from runner_fs.errors import (
+    CorruptMetricDataError,
+    MetricsStorageError,
+    StorageDataError,
+    StorageError,
+)
 from runner_fs.metrics.events import to_dataframes
-from runner_fs.metrics.runner import POST_JOB_FILE, read_runner_metrics
+from runner_fs.metrics.runner import (
+    CLOCK_SKEW,
+    POST_JOB_FILE,
+    apply_labels,
+    read_runner_metrics,
+)
 from runner_fs.shared_fs import FilesystemInfo, FilesystemRecord, SharedFilesystemManager
 from runner_fs.storage import BaseStorage, Harvest
 
@@ -64,6 +74,21 @@ class ReconcileResult:
         logger.error("%s", message)
         self.errors += 1
         self.problem = self.problem or message
+
+
+@dataclasses.dataclass(frozen=True)
+class _Ready:
+    """A runner read and validated, waiting for its batch's push."""
+
+    record: FilesystemRecord
+    state: str
+    harvest: Harvest
+    points: int
+
+
+def _described(exc: BaseException) -> str:
+    """Name an unexpected failure in one bounded line (never a traceback of runner data)."""
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
 def filesystem_state(
@@ -249,12 +274,14 @@ class Reconciler:
         step: Callable[[], None],
     ) -> bool:
         """Harvest a batch: read each, push all in one transaction, delete; return storage ok."""
-        ready: list[tuple[str, str, Harvest, int]] = []  # name, state, harvest, points
+        ready: list[_Ready] = []
         for path, record, state in batch:
-            try:
-                metrics = read_runner_metrics(path)
-            except CorruptMetricDataError as exc:
-                logger.warning("runner %s: corrupt metrics, quarantining: %s", record.runner, exc)
+            try:  # the boundary: whatever a runner wrote fails here, as that runner's fault
+                harvest, points = self._read(path, record)
+            except Exception as exc:  # any type: one runner never stops a pass
+                reason = exc if isinstance(exc, CorruptMetricDataError) else _described(exc)
+                logger.warning("runner %s: hostile or corrupt metrics, quarantining: %s",
+                               record.runner, reason)  # fmt: skip
                 self._quarantine(record.runner, record, result)
                 step()
                 continue
@@ -262,20 +289,11 @@ class Reconciler:
                 result.skipped += 1
                 step()
                 continue
-            flavor = record.labels.get("flavor") or self.manager.flavor
-            frames = (
-                to_dataframes(metrics, record.runner, self.unit, flavor, self.rates)
-                if metrics
-                else []
-            )
-            points = sum(1 for frame in frames for _ in frame.iterpoints())
-            counts = {(self.unit, series): n for series, n in tallies.harvested(frames).items()}
-            key = f"{self.unit}/{record.runner}/{record.uuid}"
-            ready.append((record.runner, state, (key, frames, counts), points))
+            ready.append(_Ready(record, state, harvest, points))
         if not ready:
             return storage_ok
         try:
-            stored = self.storage.push_many([harvest for _, _, harvest, _ in ready])
+            stored = self._push(ready, result)
         except StorageError as exc:
             result.fail(f"storage failed; filesystems wait for the next pass: {exc}")
             result.storage_down = True
@@ -283,11 +301,15 @@ class Reconciler:
             for _ in ready:
                 step()
             return False
+        pushed = [
+            (entry, was) for entry, was in zip(ready, stored, strict=True) if was is not None
+        ]
+        for _ in range(len(ready) - len(pushed)):
+            step()  # quarantined by _push
         # Stored: now each filesystem can go; the kernel's unmounts overlap in threads.
-        deletions = [deleters.submit(self.manager.delete, name) for name, *_ in ready]
-        for (name, state, _, points), was_stored, deletion in zip(
-            ready, stored, deletions, strict=True
-        ):
+        deletions = [deleters.submit(self.manager.delete, e.record.runner) for e, _ in pushed]
+        for (entry, was_stored), deletion in zip(pushed, deletions, strict=True):
+            name, state, points = entry.record.runner, entry.state, entry.points
             new_points = points if was_stored else 0
             result.datapoints += new_points
             try:
@@ -303,6 +325,46 @@ class Reconciler:
                 )  # fmt: skip
             step()
         return True
+
+    def _read(self, path: Path, record: FilesystemRecord) -> tuple[Harvest, int]:
+        """Read, validate and price one runner's metrics; return its harvest and point count.
+
+        Every timestamp must lie between the filesystem's creation and now (each widened by
+        the clock-skew allowance); the provisioner's `repository`/`owner` labels bind it.
+        """
+        created = record.created.timestamp()
+        window = (created - CLOCK_SKEW, time.time() + CLOCK_SKEW)
+        metrics = read_runner_metrics(path, window=window)
+        frames = []
+        if metrics is not None:
+            metrics = apply_labels(metrics, record.labels)
+            flavor = record.labels.get("flavor") or self.manager.flavor
+            frames = to_dataframes(metrics, record.runner, self.unit, flavor, self.rates)
+        points = sum(1 for frame in frames for _ in frame.iterpoints())
+        counts = {(self.unit, series): n for series, n in tallies.harvested(frames).items()}
+        return (f"{self.unit}/{record.runner}/{record.uuid}", frames, counts), points
+
+    def _push(self, ready: list[_Ready], result: ReconcileResult) -> list[bool | None]:
+        """Push a batch; where storage refuses a value, split it to find the runner at fault.
+
+        Returns:
+            Per runner: whether its frames were stored now (False: stored before), or None
+            when the storage refused its data (it is then quarantined).
+
+        Raises:
+            StorageError: the storage itself failed.
+        """
+        try:
+            return list(self.storage.push_many([entry.harvest for entry in ready]))
+        except StorageDataError as exc:
+            if len(ready) > 1:
+                half = len(ready) // 2
+                return self._push(ready[:half], result) + self._push(ready[half:], result)
+            record = ready[0].record
+            logger.warning("runner %s: storage refused its metrics, quarantining: %s",
+                           record.runner, exc)  # fmt: skip
+            self._quarantine(record.runner, record, result)
+            return [None]
 
     def _quarantine(
         self, name: str, record: FilesystemRecord | None, result: ReconcileResult

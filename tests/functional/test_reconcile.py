@@ -39,9 +39,14 @@ WINDOW = {
 def write_runner(
     manager: SharedFilesystemManager, name: str, *, job: int | None = 100, finished: bool = True
 ) -> None:
-    """Create a runner whose files give installation 10 s, idle 20 s and a job of `job` s."""
+    """Create a runner whose files give installation 10 s, idle 20 s and a job of `job` s.
+
+    Its filesystem was created (the record says) just before its installation started an
+    hour ago, as a real runner's would be.
+    """
     path = manager.create(name).path
     start = NOW - 3600
+    backdate(manager, name, start - 60)
     (path / files.INSTALLATION_START_FILE).write_text(f"{start}")
     (path / files.INSTALLED_FILE).write_text(f"{start + 10}")
     if job is None:
@@ -52,6 +57,13 @@ def write_runner(
     if finished:
         post = {"timestamp": start + 30 + job, "status": "normal", "status_info": None}
         (path / files.POST_JOB_FILE).write_text(json.dumps(post))
+
+
+def backdate(manager: SharedFilesystemManager, name: str, created: float) -> None:
+    """Rewrite a filesystem's record as if it had been created at Unix time `created`."""
+    record = manager.read_record(name)
+    record.created = datetime.datetime.fromtimestamp(created, datetime.timezone.utc)
+    manager._write_record(record)
 
 
 def totals(storage) -> dict[str, tuple[decimal.Decimal, int]]:

@@ -71,8 +71,9 @@ def to_dataframes(
             {"runner_name": runner_name})  # fmt: skip
     pre, post = metrics.pre_job, metrics.post_job
     if pre is not None:
-        job_groupby = {**base, "repository": pre.repository, "workflow": pre.workflow,
-                       "event": pre.event}  # fmt: skip
+        job_groupby = {**base, "workflow": pre.workflow, "event": pre.event}
+        if pre.repository is not None:  # absent, never null: totals stay on rollups
+            job_groupby["repository"] = pre.repository
         job_metadata = {"runner_name": runner_name, "workflow_run_id": pre.workflow_run_id}
         add(IDLE, metrics.installed, pre.timestamp, job_groupby, job_metadata)
         if post is not None:

@@ -13,6 +13,7 @@ import os
 import re
 import stat
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
@@ -21,6 +22,7 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Field,
     StrictFloat,
     StrictInt,
     StrictStr,
@@ -35,8 +37,12 @@ PRE_JOB_FILE = "pre-job-metrics.json"
 POST_JOB_FILE = "post-job-metrics.json"
 METRIC_FILES = (INSTALLATION_START_FILE, INSTALLED_FILE, PRE_JOB_FILE, POST_JOB_FILE)
 MAX_FILE_SIZE = 1024
+MAX_DEPTH = 4  # nesting of JSON arrays and objects; the files need 2
+MAX_DIGITS = 20  # of a JSON number literal: every int64 fits, nothing overflows a float
 EARLIEST_TIMESTAMP = 1420070400.0  # 2015-01-01T00:00:00Z
 FUTURE_SLACK = 24 * 3600.0
+CLOCK_SKEW = 600.0  # seconds a runner's clock may differ from the host's
+EXIT_CODE = (-(2**31), 2**31 - 1)  # the range of `status_info.code`
 _NUMBER = re.compile(r"\s*\d{1,12}(\.\d{1,9})?\s*")
 _KINDS = {
     stat.S_IFIFO: "a FIFO",
@@ -49,7 +55,11 @@ _KINDS = {
 
 
 def _plausible(timestamp: float) -> float:
-    if not math.isfinite(timestamp):
+    try:
+        finite = math.isfinite(timestamp)
+    except OverflowError:
+        finite = False
+    if not finite:
         raise ValueError("must be a finite number")
     if timestamp < EARLIEST_TIMESTAMP:
         raise ValueError("is before 2015-01-01")
@@ -101,7 +111,7 @@ class PreJobMetrics(_Strict):
 class StatusInfo(_Strict):
     """Details of an abnormal end."""
 
-    code: StrictInt
+    code: Annotated[StrictInt, Field(ge=EXIT_CODE[0], le=EXIT_CODE[1])]
 
 
 class PostJobMetrics(_Strict):
@@ -121,18 +131,25 @@ class RunnerMetrics(_Strict):
     post_job: PostJobMetrics | None
 
 
-def read_runner_metrics(directory: Path, max_size: int = MAX_FILE_SIZE) -> RunnerMetrics | None:
+def read_runner_metrics(
+    directory: Path,
+    max_size: int = MAX_FILE_SIZE,
+    window: tuple[float, float] | None = None,
+) -> RunnerMetrics | None:
     """Read and validate a runner's metric files.
 
     Args:
         directory: the runner's filesystem (its mount point).
         max_size: the most bytes a metric file may hold.
+        window: the Unix times every timestamp must lie between (the filesystem's creation
+            and the harvest's time, each widened by `CLOCK_SKEW`).
 
     Returns:
         The metrics, or None when the runner never finished installing (nothing to harvest).
 
     Raises:
-        CorruptMetricDataError: a file is not a small regular UTF-8 file of the right form.
+        CorruptMetricDataError: a file is not a small regular UTF-8 file of the right form,
+            or a timestamp lies outside `window`.
     """
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
@@ -142,12 +159,65 @@ def read_runner_metrics(directory: Path, max_size: int = MAX_FILE_SIZE) -> Runne
     installed = _timestamp(INSTALLED_FILE, texts[INSTALLED_FILE])
     if installed is None:
         return None
-    return RunnerMetrics(
+    metrics = RunnerMetrics(
         installation_start=_timestamp(INSTALLATION_START_FILE, texts[INSTALLATION_START_FILE]),
         installed=installed,
         pre_job=_model(PreJobMetrics, PRE_JOB_FILE, texts[PRE_JOB_FILE]),
         post_job=_model(PostJobMetrics, POST_JOB_FILE, texts[POST_JOB_FILE]),
     )
+    if window is not None:
+        _check_window(metrics, *window)
+    return metrics
+
+
+def _check_window(metrics: RunnerMetrics, earliest: float, latest: float) -> None:
+    """Refuse a timestamp from before the filesystem existed or after the harvest."""
+    stamps = {
+        INSTALLATION_START_FILE: metrics.installation_start,
+        INSTALLED_FILE: metrics.installed,
+        PRE_JOB_FILE: metrics.pre_job.timestamp if metrics.pre_job else None,
+        POST_JOB_FILE: metrics.post_job.timestamp if metrics.post_job else None,
+    }
+    for name, stamp in stamps.items():
+        if stamp is not None and stamp < earliest:
+            raise CorruptMetricDataError(
+                f"{name}: timestamp {stamp:.0f} is before the filesystem was created"
+                f" ({earliest + CLOCK_SKEW:.0f}, less {CLOCK_SKEW:.0f} s of clock skew)"
+            )
+        if stamp is not None and stamp > latest:
+            raise CorruptMetricDataError(
+                f"{name}: timestamp {stamp:.0f} is after the harvest"
+                f" ({latest - CLOCK_SKEW:.0f}, plus {CLOCK_SKEW:.0f} s of clock skew)"
+            )
+
+
+def apply_labels(metrics: RunnerMetrics, labels: Mapping[str, str]) -> RunnerMetrics:
+    """Hold the runner's repository to the provisioner's `repository` or `owner` label.
+
+    The provisioner's label is trusted, the runner's file is not: a repository that does not
+    match is refused, and the `repository` label is what gets stored.
+
+    Raises:
+        CorruptMetricDataError: the runner claims another repository or owner.
+    """
+    repository, owner = labels.get("repository"), labels.get("owner")
+    pre = metrics.pre_job
+    if pre is None or not (repository or owner):
+        return metrics
+    claimed = pre.repository
+    if repository and claimed not in (None, repository):
+        raise CorruptMetricDataError(
+            f"{PRE_JOB_FILE}: repository {claimed!r} is not {repository!r}, the provisioner's"
+        )
+    if owner and claimed is not None and claimed.partition("/")[0].lower() != owner.lower():
+        raise CorruptMetricDataError(
+            f"{PRE_JOB_FILE}: repository {claimed!r} is not owned by {owner!r}, the provisioner's"
+        )
+    if repository and claimed != repository:
+        return metrics.model_copy(
+            update={"pre_job": pre.model_copy(update={"repository": repository})}
+        )
+    return metrics
 
 
 def _read_bounded(dir_fd: int, name: str, max_size: int) -> str | None:
@@ -200,11 +270,46 @@ def _reject_constant(constant: str) -> None:
     raise ValueError(f"{constant} is not a number")
 
 
+def _bounded_int(literal: str) -> int:
+    if len(literal.lstrip("-")) > MAX_DIGITS:
+        raise ValueError(f"a number of more than {MAX_DIGITS} digits")
+    return int(literal)
+
+
+def _bounded_float(literal: str) -> float:
+    digits = literal.lstrip("-").split("e")[0].split("E")[0]
+    if len(digits) > MAX_DIGITS + 1 or len(literal) > 2 * MAX_DIGITS:
+        raise ValueError(f"a number of more than {MAX_DIGITS} digits")
+    return float(literal)
+
+
+def _check_depth(name: str, text: str) -> None:
+    """Refuse JSON nested deeper than `MAX_DEPTH` before a parser recurses into it."""
+    depth, in_string, escaped = 0, False, False
+    for char in text:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise CorruptMetricDataError(f"{name}: nested deeper than {MAX_DEPTH} levels")
+        elif char in "]}":
+            depth -= 1
+
+
 def _model(model: type[_ModelT], name: str, text: str | None) -> _ModelT | None:
     if text is None:
         return None
+    _check_depth(name, text)
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = json.loads(
+            text,
+            parse_constant=_reject_constant,
+            parse_int=_bounded_int,
+            parse_float=_bounded_float,
+        )
     except ValueError as exc:
         raise CorruptMetricDataError(f"{name}: not valid JSON: {exc}") from None
     if not isinstance(data, dict):

@@ -27,6 +27,7 @@ from runner_fs.storage.sql import (
     ROLLUP_KEYS,
     SQLStorage,
     build_rollups,
+    repair_nulls,
 )
 
 CONNECT_TIMEOUT = 10  # seconds
@@ -92,6 +93,18 @@ _MIGRATIONS = (
     ) WITH (fillfactor = 80);
     {";".join(build_rollups(_rollup_code, _regular))};
     """,
+    # version 4: null attributes stored absent, rollups built again where they marked the store
+    ";".join(
+        repair_nulls(
+            _rollup_code,
+            _regular,
+            [
+                f"UPDATE points SET groupby = groupby - '{key}'"
+                f" WHERE groupby -> '{key}' = 'null'::jsonb"
+                for key in ROLLUP_KEYS
+            ],
+        )
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 # Calendar attributes when a point does not carry them (the collector's formulas), as text.
@@ -111,6 +124,7 @@ class PostgreSQLStorage(SQLStorage):
 
     MARK = "%s"
     ERRORS = (psycopg.Error,)
+    DATA_ERRORS = (psycopg.DataError,)
 
     def __init__(self, *, dsn: str = "", **options: Any) -> None:
         """Point at a database; nothing is opened until `init()`.

@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 import orjson
 
 from runner_fs.dataframe import DataFrame, DataPoint
-from runner_fs.errors import StorageError
+from runner_fs.errors import StorageDataError, StorageError
 from runner_fs.storage import BaseStorage, Harvest
 
 QTY_DIGITS, PRICE_DIGITS = 6, 9
@@ -63,7 +63,7 @@ def _to_json(value: object, type_: str, field: str) -> str:
     try:
         return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
     except orjson.JSONEncodeError as exc:
-        raise StorageError(f"{type_} {field} cannot be stored as JSON: {exc}") from None
+        raise StorageDataError(f"{type_} {field} cannot be stored as JSON: {exc}") from None
 
 
 def to_utc_us(moment: datetime.datetime) -> int:
@@ -95,9 +95,11 @@ def _fixed(value: object, digits: int, type_: str, field: str) -> int:
         number = value if type(value) is decimal.Decimal else decimal.Decimal(value)  # type: ignore[arg-type]
         scaled = round(number.scaleb(digits))  # a Decimal rounds half-even to an int
     except (decimal.InvalidOperation, TypeError, ValueError, OverflowError):
-        raise StorageError(f"{type_} {field} must be a finite number, not {value!r:.40}") from None
+        raise StorageDataError(
+            f"{type_} {field} must be a finite number, not {value!r:.40}"
+        ) from None
     if not -_MAX_FIXED < scaled < _MAX_FIXED:
-        raise StorageError(f"{type_} {field} {value} is too large to store")
+        raise StorageDataError(f"{type_} {field} {value} is too large to store")
     return scaled
 
 
@@ -120,6 +122,33 @@ def build_rollups(code: Callable[[str], str], regular: Callable[[str], str]) -> 
         f" FROM points AS p JOIN rollup_groups AS g ON g.type = p.type AND {same} GROUP BY 1, 2",
         "INSERT INTO meta (key, value) SELECT 'rollups', 'points' WHERE EXISTS (SELECT 1"
         f" FROM points AS p WHERE NOT ({' AND '.join(map(regular, ROLLUP_KEYS))}))",
+    ]
+
+
+def repair_nulls(
+    code: Callable[[str], str], regular: Callable[[str], str], drop_nulls: list[str]
+) -> list[str]:
+    """Return the SQL that stores null `ROLLUP_KEYS` attributes as absent (what they mean).
+
+    Points that harvests once stored with a null repository marked the store irregular, so
+    totals scanned points; where that mark is set, the rollups are built again once the nulls
+    are gone, and the mark stays only if another irregular point remains.
+
+    Args:
+        code: the dialect's `rollup_code`.
+        regular: the dialect's SQL that a point can be rolled up exactly for a key.
+        drop_nulls: the dialect's statements that remove each key where it is null.
+    """
+    marked = "EXISTS (SELECT 1 FROM meta WHERE key = 'rollups')"
+    groups, sums, mark = build_rollups(code, regular)
+    return [
+        *drop_nulls,
+        f"DELETE FROM rollups WHERE {marked}",
+        f"DELETE FROM rollup_groups WHERE {marked}",
+        f"{groups} WHERE {marked}",
+        sums.replace(" GROUP BY ", f" WHERE {marked} GROUP BY "),
+        "DELETE FROM meta WHERE key = 'rollups'",
+        mark,
     ]
 
 
@@ -202,6 +231,7 @@ class SQLStorage(BaseStorage):
     MARK: ClassVar[str]
     """The driver's parameter mark."""
     ERRORS: ClassVar[tuple[type[Exception], ...]]
+    DATA_ERRORS: ClassVar[tuple[type[Exception], ...]]  # a value the database refuses
     """The driver's exceptions, reported as StorageError."""
 
     @property
@@ -262,6 +292,8 @@ class SQLStorage(BaseStorage):
     def _reporting(self, action: str) -> Iterator[None]:
         try:
             yield
+        except self.DATA_ERRORS as exc:
+            raise StorageDataError(f"{action} {self.location} refused a value: {exc}") from exc
         except self.ERRORS as exc:
             raise StorageError(f"{action} {self.location} failed: {exc}") from exc
 

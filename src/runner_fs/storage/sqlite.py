@@ -25,9 +25,10 @@ from runner_fs.storage.sql import (
     ROLLUP_KEYS,
     SQLStorage,
     build_rollups,
+    repair_nulls,
 )
 
-SCHEMA_VERSION = 3  # 2: tallies, 3: rollups
+SCHEMA_VERSION = 4  # 2: tallies, 3: rollups, 4: null attributes stored absent
 BUSY_TIMEOUT = 30.0  # seconds to wait for another writer
 _ROWS_PER_STATEMENT = 4096  # rollup rows per INSERT: 5 parameters each, under SQLite's 32766
 _SCHEMA = """
@@ -84,6 +85,7 @@ class SQLiteStorage(SQLStorage):
 
     MARK = "?"
     ERRORS = (sqlite3.Error,)
+    DATA_ERRORS = (sqlite3.DataError, OverflowError)
 
     def __init__(self, *, path: str | Path = "metrics.db", **options: Any) -> None:
         """Point at a database file; nothing is opened until `init()`.
@@ -160,6 +162,14 @@ class SQLiteStorage(SQLStorage):
                 )
             if int(version) < 3:  # the version that brought rollups
                 for statement in build_rollups(self.rollup_code, self.regular):
+                    db.execute(statement)
+            if int(version) < 4:
+                drop = [
+                    f"UPDATE points SET groupby = json_remove(groupby, '{_json_path(key)}')"
+                    f" WHERE json_type(groupby, '{_json_path(key)}') = 'null'"
+                    for key in ROLLUP_KEYS
+                ]
+                for statement in repair_nulls(self.rollup_code, self.regular, drop):
                     db.execute(statement)
             db.execute(
                 "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)

@@ -225,3 +225,31 @@ def test_moving_the_local_store_carries_its_rollups(tmp_path, postgres_dsn):
     totals = fleet.total(["repository"], T0, T0 + 2 * DAY)["results"]
     assert [(row["repository"], row["qty"]) for row in totals] == [("o/0", 36.0), ("o/1", 36.0)]
     fleet.close()
+
+
+@pytest.mark.parametrize("irregular", [False, True])
+def test_upgrading_a_version_3_store_stores_null_attributes_absent_and_rolls_up_again(
+    options, monkeypatch, irregular
+):
+    name, settings = options
+    old = get_storage(name, **settings)
+    old.push([_frame(T0 + hour * HOUR, repository=f"o/{hour % 3}") for hour in range(30)])
+    old.push([_frame(T0 + hour * HOUR, repository=None) for hour in range(4)])  # as harvests did
+    if irregular:
+        old.push([_frame(T0, repository=5)])
+    assert not old.rolled_up()
+    old._execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    old.close()
+
+    upgraded = get_storage(name, **settings)
+
+    assert upgraded.rolled_up() is not irregular
+    query = {"groupby": ["repository"], "begin": T0, "end": T0 + 2 * DAY}
+    answer = upgraded.total(paginate=False, **query)
+    assert answer == _from_points(upgraded, monkeypatch, **query)
+    assert (None, 6.0) in [(row["repository"], row["qty"]) for row in answer["results"]]
+    stored = upgraded.retrieve(T0, T0 + 2 * DAY, paginate=False)["dataframes"]
+    groupbys = [point.groupby for frame in stored for _, point in frame.iterpoints()]
+    assert sum("repository" not in groupby for groupby in groupbys) == 4
+    assert None not in [groupby.get("repository", "absent") for groupby in groupbys]
+    upgraded.close()

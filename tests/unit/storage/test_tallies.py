@@ -10,7 +10,7 @@ import pytest
 from runner_fs import tallies
 from runner_fs.storage import get_storage
 from runner_fs.storage.postgresql import _MIGRATIONS
-from runner_fs.storage.sqlite import SQLiteStorage
+from runner_fs.storage.sqlite import SCHEMA_VERSION, SQLiteStorage
 
 from .test_backends import HOUR, T0, _frame, options, storage  # noqa: F401 (fixtures)
 
@@ -62,7 +62,7 @@ def test_a_version_1_sqlite_file_is_upgraded_and_keeps_its_points(tmp_path):
     assert upgraded.tallies("u") == {"s": 1}
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
-            "3",
+            str(SCHEMA_VERSION),
         )
     upgraded.close()
 
