@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from runner_fs import host
+from runner_fs.metrics.runner import METRIC_FILES
 
 _KINDS = {
     stat.S_IFIFO: "fifo",
@@ -29,6 +30,9 @@ _KINDS = {
     stat.S_IFCHR: "char-device",
     stat.S_IFBLK: "block-device",
 }
+
+
+TMP_SEPARATOR = "+"  # never in a runner name: `.web+…` is never taken for `.web-2+…`
 
 
 class ArchiveError(Exception):
@@ -54,8 +58,21 @@ def archive_image(image: Path, directory: Path, runner: str, cap: int, record: b
     Raises:
         ArchiveError: the archive could not be written.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{runner}-", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{runner}{TMP_SEPARATOR}", suffix=".tmp", dir=directory)
     os.close(fd)
+    with tempfile.TemporaryDirectory(prefix="runner-fs-view-") as view:  # gone with the child
+        _archive_in_child(image, Path(tmp), Path(view), runner, cap, record)
+    return _publish(Path(tmp), directory, runner)
+
+
+def _archive_in_child(
+    image: Path, tmp: Path, view: Path, runner: str, cap: int, record: bytes
+) -> None:
+    """Archive into `tmp` in a forked child whose private mount of `view` dies with it.
+
+    Raises:
+        ArchiveError: the child failed (`tmp` is removed).
+    """
     read_pipe, write_pipe = os.pipe()
     parent = os.getpid()
     pid = os.fork()
@@ -66,7 +83,7 @@ def archive_image(image: Path, directory: Path, runner: str, cap: int, record: b
             host.die_with_parent()
             if os.getppid() != parent:  # the parent died before prctl took effect
                 os._exit(1)
-            _archive_in_private_view(image, Path(tmp), runner, cap, record)
+            _archive_in_private_view(image, tmp, view, runner, cap, record)
         except BaseException as exc:
             os.write(write_pipe, f"{type(exc).__name__}: {exc}".encode()[:2000])
             code = 1
@@ -76,9 +93,8 @@ def archive_image(image: Path, directory: Path, runner: str, cap: int, record: b
         message = messages.read().decode(errors="replace")
     _, status = os.waitpid(pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
-        os.unlink(tmp)
+        tmp.unlink()
         raise ArchiveError(f"archiving {image.name} failed: {message or 'child crashed'}")
-    return _publish(Path(tmp), directory, runner)
 
 
 def _publish(tmp: Path, directory: Path, runner: str) -> Path:
@@ -95,10 +111,11 @@ def _publish(tmp: Path, directory: Path, runner: str) -> Path:
     raise ArchiveError(f"no free archive name for {runner} at {stamp}")
 
 
-def _archive_in_private_view(image: Path, out: Path, runner: str, cap: int, record: bytes) -> None:
-    """In the child: mount the image read-only in a private namespace and archive it."""
+def _archive_in_private_view(
+    image: Path, out: Path, view: Path, runner: str, cap: int, record: bytes
+) -> None:
+    """In the child: mount the image read-only at `view` in a private namespace, archive it."""
     host.private_mount_namespace()
-    view = Path(tempfile.mkdtemp(prefix="runner-fs-view-"))
     manifest: dict = {
         "runner": runner,
         "archived": datetime.now(timezone.utc).isoformat(),
@@ -133,8 +150,14 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def _add_tree(
     tar: tarfile.TarFile, root: Path, top: str, cap: int, manifest: dict, *, prefix: str
 ) -> None:
-    """Add `root/top` and below to the archive, opening nothing but regular files."""
-    budget = cap
+    """Add `root/top` and below to the archive, opening nothing but regular files.
+
+    The content cap is shared fairly: the metric files first, then the smaller files before
+    the larger, each getting at most an equal share of what is left, so no one file (a huge
+    sparse one, say) can crowd out the others. An entry that cannot be read (a torn
+    directory block) is named in the manifest with its error, and the rest still archived.
+    """
+    regular: list[tuple[str, str, os.stat_result, tarfile.TarInfo, dict]] = []
     pending = [top]
     while pending:
         relative = pending.pop()
@@ -142,25 +165,35 @@ def _add_tree(
         entry: dict = {"path": os.fsdecode(relative)}
         try:
             st = os.lstat(path)
+            info = tarfile.TarInfo(
+                prefix.rstrip("/") if relative == "." else prefix + relative[2:]
+            )
+            info.mode, info.mtime, info.uid, info.gid = st.st_mode & 0o777, int(st.st_mtime), 0, 0
+            kind = stat.S_IFMT(st.st_mode)
+            if kind == stat.S_IFDIR:
+                children = sorted(os.listdir(path))
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+                pending.extend(os.path.join(relative, child) for child in children)
+            elif kind == stat.S_IFLNK:
+                info.type, info.linkname = tarfile.SYMTYPE, os.readlink(path)
+                tar.addfile(info)
+                manifest["entries"].append({**entry, "symlink": info.linkname})
+            elif kind == stat.S_IFREG:
+                regular.append((relative, path, st, info, entry))
+            else:
+                manifest["entries"].append({**entry, "skipped": _KINDS.get(kind, "unknown type")})
         except OSError as exc:
             manifest["entries"].append({**entry, "skipped": str(exc)})
-            continue
-        info = tarfile.TarInfo(prefix.rstrip("/") if relative == "." else prefix + relative[2:])
-        info.mode, info.mtime, info.uid, info.gid = st.st_mode & 0o777, int(st.st_mtime), 0, 0
-        kind = stat.S_IFMT(st.st_mode)
-        if kind == stat.S_IFDIR:
-            info.type = tarfile.DIRTYPE
-            tar.addfile(info)
-            pending.extend(os.path.join(relative, child) for child in sorted(os.listdir(path)))
-        elif kind == stat.S_IFLNK:
-            info.type, info.linkname = tarfile.SYMTYPE, os.readlink(path)
-            tar.addfile(info)
-            manifest["entries"].append({**entry, "symlink": info.linkname})
-        elif kind == stat.S_IFREG:
-            budget -= _add_regular(tar, path, info, budget, entry)
-            manifest["entries"].append(entry)
-        else:
-            manifest["entries"].append({**entry, "skipped": _KINDS.get(kind, "unknown type")})
+    regular.sort(key=lambda item: (os.path.basename(item[0]) not in METRIC_FILES, item[2].st_size))
+    budget = cap
+    for index, (_, path, _, info, entry) in enumerate(regular):
+        share = budget // (len(regular) - index)
+        try:
+            budget -= _add_regular(tar, path, info, share, entry)
+        except OSError as exc:
+            entry["skipped"] = str(exc)
+        manifest["entries"].append(entry)
 
 
 def _add_regular(

@@ -11,9 +11,11 @@ import collections
 import datetime
 import logging
 import os
+import socketserver
 import sys
+import threading
 from collections.abc import Iterator
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import (
@@ -57,6 +59,7 @@ class HostCollector:
         self.config = config
         self.interval = interval
         self._storage: BaseStorage | None = None
+        self._lock = threading.Lock()  # scrapes are served at once; one collects at a time
 
     def describe(self) -> list[Metric]:
         """Describe nothing up front, so registering does not scrape."""
@@ -76,7 +79,11 @@ class HostCollector:
             return None
 
     def collect(self) -> Iterator[Metric]:
-        """Yield every metric of the host."""
+        """Yield every metric of the host (one scrape at a time: they share one storage)."""
+        with self._lock:
+            yield from self._collect()
+
+    def _collect(self) -> Iterator[Metric]:
         yield from self._filesystems()
         yield from self._passes()
         counts = self._tallies()
@@ -184,6 +191,12 @@ def _harvests(counts: dict[str, int]) -> Iterator[Metric]:
         yield family
 
 
+class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
+    """A thread per connection: an idle or slow client never holds up another scrape."""
+
+    daemon_threads = True
+
+
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         """Log nothing per request (Prometheus scrapes every few seconds)."""
@@ -200,6 +213,8 @@ def serve(config: HostConfig, address: str, port: int, interval: float) -> None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(HostCollector(config, interval))
     app = make_wsgi_app(registry)
-    with make_server(address, port, app, handler_class=_QuietHandler) as server:
+    with make_server(
+        address, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler
+    ) as server:
         print(f"serving metrics on http://{address}:{port}/metrics", file=sys.stderr, flush=True)
         server.serve_forever()

@@ -205,17 +205,19 @@ def loop_backing_files() -> dict[str, str]:
     """Map every bound loop device to the path of its backing file, from sysfs.
 
     Returns:
-        Backing file path (as the kernel prints it) to device path.
+        Backing file path (as the kernel prints it) to device path. A path that is not UTF-8
+        (never one of ours) keeps its bytes as surrogate escapes.
     """
     bound: dict[str, str] = {}
     for entry in os.scandir(SYS_BLOCK):
         if not entry.name.startswith("loop"):
             continue
         try:
-            with open(f"{entry.path}/loop/backing_file", encoding="utf-8") as backing:
-                bound[backing.read().rstrip("\n")] = f"/dev/{entry.name}"
+            with open(f"{entry.path}/loop/backing_file", "rb") as backing:
+                path = os.fsdecode(backing.read().rstrip(b"\n"))
         except FileNotFoundError:  # not bound
             continue
+        bound[path] = f"/dev/{entry.name}"
     return bound
 
 

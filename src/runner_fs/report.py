@@ -20,7 +20,12 @@ def parse_instant(text: str, what: str = "date") -> datetime.datetime:
         moment = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(f"{what} {text!r:.40} is not ISO 8601: use {ISO_EXAMPLE}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)
+    try:
+        moment.astimezone(datetime.timezone.utc)
+    except OverflowError:
+        raise ValueError(f"{what} {text!r:.40} is out of range: use {ISO_EXAMPLE}") from None
+    return moment
 
 
 def parse_list(text: str | None) -> list[str] | None:

@@ -310,7 +310,7 @@ class SharedFilesystemManager:
 
     # -- create ----------------------------------------------------------------------------
 
-    def create(self, runner_name: str, **labels: str) -> MetricsStorage:
+    def create(self, runner_name: str, /, **labels: str) -> MetricsStorage:
         """Create, format and mount a new filesystem for a runner.
 
         Args:
@@ -438,7 +438,7 @@ class SharedFilesystemManager:
         mounted is logged and skipped (see `list_info`), never hiding the others.
         """
         names, interrupted = self._scan()
-        for name in interrupted:  # finished or rolled back: none of them is usable after
+        for name in interrupted:  # finished or rolled back; one that fails stays interrupted
             try:
                 with self._runner_lock(name, MetricsStorageError, RESUME_LOCK_WAIT):
                     self._resume(name)
@@ -491,6 +491,8 @@ class SharedFilesystemManager:
         return infos
 
     def _broken_reason(self, name: str) -> str:
+        if self._marker(name, "quarantining").exists():
+            return "quarantine not finished (tried again every pass)"
         if not self._image(name).exists():
             return "image missing"
         return "cannot be mounted"
@@ -600,10 +602,7 @@ class SharedFilesystemManager:
                 raise QuarantineMetricsStorageError(f"runner {name} has no filesystem")
             self._prepare_dirs()
             self._marker(name, "quarantining").touch(mode=0o600)
-            try:
-                path = self._quarantine(name)
-            except (OSError, archive.ArchiveError) as exc:
-                raise QuarantineMetricsStorageError(f"runner {name}: {exc}") from exc
+            path = self._quarantine(name)
         logger.warning(
             "quarantined runner %s into %s", name, path,
             extra={"event": "quarantine", "runner": name, "archive": str(path)},
@@ -611,20 +610,32 @@ class SharedFilesystemManager:
         return path
 
     def _quarantine(self, name: str) -> Path:
+        """Archive and remove a filesystem whose `quarantining` marker is set (lock held).
+
+        A failure keeps the marker: the filesystem stays cut off, is listed as broken, and the
+        next call or pass tries again.
+
+        Raises:
+            QuarantineMetricsStorageError: it could not be archived or removed.
+        """
         marker = self._marker(name, "quarantining")
-        done = marker.read_text(encoding="utf-8").strip()
-        if done and Path(done).exists():  # archived before an interruption: just remove
+        try:
+            done = marker.read_text(encoding="utf-8").strip()
+            if done and Path(done).exists():  # archived before an interruption: just remove
+                self._remove(name)
+                return Path(done)
+            self._unmount(name)
+            for stale in self.quarantine_dir.glob(f".{name}{archive.TMP_SEPARATOR}*.tmp"):
+                stale.unlink()  # from a killed archiver of this runner
+            record_path = self._record_path(name)
+            record = record_path.read_bytes() if record_path.exists() else b""
+            path = archive.archive_image(
+                self._image(name), self.quarantine_dir, name, cap=self.size, record=record
+            )
+            marker.write_text(str(path), encoding="utf-8")
             self._remove(name)
-            return Path(done)
-        self._unmount(name)
-        for stale in self.quarantine_dir.glob(f".{name}-*.tmp"):  # from a killed archiver
-            stale.unlink()
-        record = self._record_path(name).read_bytes() if self._record_path(name).exists() else b""
-        path = archive.archive_image(
-            self._image(name), self.quarantine_dir, name, cap=self.size, record=record
-        )
-        marker.write_text(str(path), encoding="utf-8")
-        self._remove(name)
+        except (OSError, archive.ArchiveError) as exc:
+            raise QuarantineMetricsStorageError(f"runner {name}: {exc}") from exc
         return path
 
     def archives(self) -> list[tuple[Path, os.stat_result]]:

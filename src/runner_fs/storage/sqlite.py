@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import time
 import uuid
@@ -75,6 +76,20 @@ _COMPUTED = {
 }
 
 
+def _keep_private(path: Path) -> None:
+    """Create the file 0600 (it names every tenant's repositories), or take others' access.
+
+    SQLite gives its -wal and -shm files the database file's mode.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        mode = os.fstat(fd).st_mode & 0o777
+        if mode & 0o007:
+            os.fchmod(fd, mode & 0o770)
+    finally:
+        os.close(fd)
+
+
 def _json_path(key: str) -> str:
     """Return the SQLite JSON path of a top-level key, quoted so dots stay in the name."""
     return "$." + json.dumps(key)
@@ -124,6 +139,7 @@ class SQLiteStorage(SQLStorage):
         while True:
             try:
                 self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                _keep_private(self.path)
                 self._db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT)
                 self._create_schema(self._db)
                 return
