@@ -111,8 +111,8 @@ class HostCollector:
         yield GaugeMetricFamily(
             "runner_fs_quarantine_bytes", "Bytes of quarantine archives kept.", value=sum(archives)
         )
-        base = self.config.base_dir
-        stats = os.statvfs(base)
+        base = self.config.base_dir  # before the first filesystem: the disk it will be on
+        stats = os.statvfs(next(path for path in (base, *base.parents) if path.exists()))
         yield GaugeMetricFamily(
             "runner_fs_free_bytes", "Bytes free where images live, for unprivileged users.",
             value=stats.f_bavail * stats.f_frsize,

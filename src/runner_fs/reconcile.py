@@ -280,8 +280,10 @@ class Reconciler:
                 harvest, points = self._read(path, record)
             except Exception as exc:  # any type: one runner never stops a pass
                 reason = exc if isinstance(exc, CorruptMetricDataError) else _described(exc)
-                logger.warning("runner %s: hostile or corrupt metrics, quarantining: %s",
-                               record.runner, reason)  # fmt: skip
+                logger.warning(
+                    "runner %s: hostile or corrupt metrics, quarantining: %s", record.runner,
+                    reason, extra={"event": "hostile", "runner": record.runner},
+                )  # fmt: skip
                 self._quarantine(record.runner, record, result)
                 step()
                 continue
@@ -361,8 +363,10 @@ class Reconciler:
                 half = len(ready) // 2
                 return self._push(ready[:half], result) + self._push(ready[half:], result)
             record = ready[0].record
-            logger.warning("runner %s: storage refused its metrics, quarantining: %s",
-                           record.runner, exc)  # fmt: skip
+            logger.warning(
+                "runner %s: storage refused its metrics, quarantining: %s", record.runner, exc,
+                extra={"event": "hostile", "runner": record.runner},
+            )  # fmt: skip
             self._quarantine(record.runner, record, result)
             return [None]
 
