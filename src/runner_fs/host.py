@@ -39,11 +39,15 @@ MS_RDONLY = 1
 MS_NOSUID = 2
 MS_NODEV = 4
 MS_NOEXEC = 8
+MS_REMOUNT = 32
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 CLONE_NEWNS = 0x00020000
 _PR_SET_PDEATHSIG = 1
+_FIFREEZE = 0xC0045877  # _IOWR('X', 119, int)
+_FITHAW = 0xC0045878  # _IOWR('X', 120, int)
+PROC = Path("/proc")
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong]
@@ -235,6 +239,84 @@ def loop_device_of(mount_point: Path) -> str | None:
         return None
     link = os.readlink(f"/sys/dev/block/{LOOP_MAJOR}:{os.minor(here.st_dev)}")
     return f"/dev/{os.path.basename(link)}"
+
+
+def seal(mount_point: Path, flags: int) -> int | None:
+    """Make a mounted filesystem unwritable in every mount namespace that holds it.
+
+    The filesystem (its superblock, which every namespace's mount of it shares) is remounted
+    read-only; where a process still has a file open for writing, which forbids that, it is
+    frozen instead: writers wait, and what they wrote is on the device.
+
+    Args:
+        mount_point: where it is mounted in this namespace.
+        flags: the mount flags it was mounted with (kept, with `MS_RDONLY` added).
+
+    Returns:
+        None when it is read-only now, else an open descriptor of the frozen filesystem,
+        to hand to `thaw` once done.
+
+    Raises:
+        HostError: neither could be done.
+    """
+    try:
+        mount(None, mount_point, None, MS_REMOUNT | MS_RDONLY | flags)
+        return None
+    except HostError as exc:
+        if exc.errno != errno.EBUSY:
+            raise
+    fd = os.open(mount_point, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, _FIFREEZE, 0)
+    except OSError as exc:
+        os.close(fd)
+        raise HostError(exc.errno, f"freeze {mount_point}: {exc.strerror}") from exc
+    return fd
+
+
+def thaw(fd: int) -> None:
+    """Thaw a filesystem `seal` froze, and close its descriptor."""
+    try:
+        fcntl.ioctl(fd, _FITHAW, 0)
+    finally:
+        os.close(fd)
+
+
+def mount_holders(device: str) -> list[str]:
+    """Name the processes whose mount namespaces still mount `device` (one of each namespace).
+
+    Returns:
+        `pid (command)` for one process of every other namespace that holds the device.
+    """
+    number = os.stat(device).st_rdev
+    field = f" {os.major(number)}:{os.minor(number)} "
+    seen: set[int] = set()
+    holders = []
+    for entry in os.scandir(PROC):
+        if not entry.name.isdigit():
+            continue
+        try:
+            namespace = os.stat(f"{entry.path}/ns/mnt").st_ino
+            if namespace in seen:
+                continue
+            seen.add(namespace)
+            with open(f"{entry.path}/mountinfo", encoding="utf-8", errors="replace") as table:
+                if field not in table.read():
+                    continue
+            with open(f"{entry.path}/comm", encoding="utf-8", errors="replace") as comm:
+                holders.append(f"{entry.name} ({comm.read().strip()})")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return holders
+
+
+def loop_backing(device: str) -> str | None:
+    """Return the backing file of one loop device (one read of its sysfs entry), if bound."""
+    try:
+        with open(f"{SYS_BLOCK}/{os.path.basename(device)}/loop/backing_file", "rb") as backing:
+            return os.fsdecode(backing.read().rstrip(b"\n"))
+    except FileNotFoundError:
+        return None
 
 
 def loop_autoclear(device: str) -> bool:

@@ -579,6 +579,7 @@ class SharedFilesystemManager:
                 raise DeleteMetricsStorageError(f"runner {name} has no filesystem")
             self._marker(name, "deleting").touch(mode=0o600)
             try:
+                self._cut_off(name, freeze=False)
                 self._remove(name)
             except OSError as exc:
                 raise DeleteMetricsStorageError(f"runner {name}: {exc}") from exc
@@ -612,8 +613,9 @@ class SharedFilesystemManager:
     def _quarantine(self, name: str) -> Path:
         """Archive and remove a filesystem whose `quarantining` marker is set (lock held).
 
-        A failure keeps the marker: the filesystem stays cut off, is listed as broken, and the
-        next call or pass tries again.
+        The filesystem is made unwritable in every namespace first (read-only, or frozen while
+        archived), then archived from the image and removed. A failure keeps the marker: the
+        filesystem stays cut off, is listed as broken, and the next call or pass tries again.
 
         Raises:
             QuarantineMetricsStorageError: it could not be archived or removed.
@@ -624,14 +626,18 @@ class SharedFilesystemManager:
             if done and Path(done).exists():  # archived before an interruption: just remove
                 self._remove(name)
                 return Path(done)
-            self._unmount(name)
-            for stale in self.quarantine_dir.glob(f".{name}{archive.TMP_SEPARATOR}*.tmp"):
-                stale.unlink()  # from a killed archiver of this runner
-            record_path = self._record_path(name)
-            record = record_path.read_bytes() if record_path.exists() else b""
-            path = archive.archive_image(
-                self._image(name), self.quarantine_dir, name, cap=self.size, record=record
-            )
+            frozen = self._cut_off(name, freeze=True)  # nobody writes while it is archived
+            try:
+                for stale in self.quarantine_dir.glob(f".{name}{archive.TMP_SEPARATOR}*.tmp"):
+                    stale.unlink()  # from a killed archiver of this runner
+                record_path = self._record_path(name)
+                record = record_path.read_bytes() if record_path.exists() else b""
+                path = archive.archive_image(
+                    self._image(name), self.quarantine_dir, name, cap=self.size, record=record
+                )
+            finally:
+                if frozen is not None:
+                    host.thaw(frozen)
             marker.write_text(str(path), encoding="utf-8")
             self._remove(name)
         except (OSError, archive.ArchiveError) as exc:
@@ -712,18 +718,56 @@ class SharedFilesystemManager:
             logger.warning("runner %s: filesystem busy; detached it lazily", name)
             if not autoclear:
                 host.detach_loop(device)  # on a busy device the kernel sets autoclear instead
-            deadline = time.monotonic() + self.lock_timeout
-            while host.loop_backing_files().get(image) == device:
+            if host.mount_holders(device):  # other namespaces: named by _remove, not awaited
+                return
+            deadline, pause = time.monotonic() + self.lock_timeout, 0.01
+            while host.loop_backing(device) == image:  # its own sysfs entry, backing off
                 if time.monotonic() > deadline:
                     raise OSError(errno.EBUSY, f"{image} is still in use by a process") from exc
-                time.sleep(0.05)
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
             return
         if not autoclear:  # bound by hand: unmounting did not free it
             host.detach_loop(device)
 
+    def _cut_off(self, name: str, freeze: bool) -> int | None:
+        """Make a mounted filesystem unwritable everywhere before it is archived or deleted.
+
+        Remounted read-only, so a runner that mounts it in a namespace of its own (an LXD
+        disk device) can no longer write to it either. Where a file is still open for
+        writing that is refused: with `freeze`, it is frozen (the caller thaws it once
+        archived); else it is left as it is.
+
+        Returns:
+            The frozen filesystem's descriptor, or None.
+        """
+        target = self.mount_point(name)
+        if host.loop_device_of(target) is None:
+            return None
+        if not freeze:
+            with contextlib.suppress(host.HostError):
+                host.mount(None, target, None, host.MS_REMOUNT | host.MS_RDONLY | MOUNT_FLAGS)
+            return None
+        frozen = host.seal(target, MOUNT_FLAGS)
+        if frozen is not None:
+            logger.warning("runner %s: a file is open for writing; frozen while archived", name)
+        return frozen
+
     def _remove(self, name: str) -> None:
-        """Remove every trace of a filesystem, whatever state it is in; markers last."""
+        """Remove every trace of a filesystem, whatever state it is in; markers last.
+
+        A loop device that another mount namespace still holds is named with the processes
+        holding it (logged as a `still-held` event): it is released when they let go.
+        """
+        device = host.loop_device_of(self.mount_point(name))
         self._unmount(name)
+        if device is not None and host.loop_backing(device) == str(self._image(name)):
+            holders = host.mount_holders(device) or ["no process found"]
+            logger.warning(
+                "runner %s: %s is still mounted in another mount namespace, held by %s; it is"
+                " read-only, and released when they unmount it", name, device,
+                ", ".join(holders), extra={"event": "still-held", "runner": name},
+            )  # fmt: skip
         self._image(name).unlink(missing_ok=True)
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             (self.mounts_dir / name).rmdir()  # a file in the way is not ours to remove

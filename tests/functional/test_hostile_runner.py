@@ -379,3 +379,99 @@ def test_the_command_line_answers_every_argument_without_a_traceback(config, arg
     assert done.returncode == (0 if accepted else 2), done.stderr
     if not accepted:  # what is wrong, after argparse's usage line where it parsed the value
         assert "invalid label" in done.stderr or "is out of range" in done.stderr
+
+
+class RunnerNamespace:
+    """A runner's own mount namespace holding its filesystem's mount, as an LXD disk device.
+
+    `script` runs inside it first, as the runner's uid in the mount point (it may keep a file
+    open); the namespace lives until `close`.
+    """
+
+    def __init__(self, path: Path, script: str = "true") -> None:
+        """Enter a private copy of the host's mounts, move the filesystem, run `script`.
+
+        As LXD's disk device, the runner sees it at a path of its own (`<path>.container`),
+        and the host's path is no longer mounted in its namespace.
+        """
+        user, group = OWNER.split(":")
+        self.path = path.with_name(f"{path.name}.container")
+        self.path.mkdir()
+        self.process = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+             'mount --bind "$1" "$2" && umount "$1" && cd "$2" &&'
+             f' exec setpriv --reuid={user} --regid={group} --clear-groups'
+             f' sh -c \'{script}; echo ready; exec cat\'', "sh", str(path), str(self.path)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.process.stdout is not None
+        assert self.process.stdout.readline() == "ready\n"
+
+    def write(self, name: str, text: str) -> subprocess.CompletedProcess:
+        """Write a file as the runner, from inside its namespace."""
+        user, group = OWNER.split(":")
+        return subprocess.run(
+            ["nsenter", "-t", str(self.process.pid), "-m", "--", "sh", "-c",
+             f'cd "$1" && exec setpriv --reuid={user} --regid={group} --clear-groups'
+             ' sh -c "cat > $2"', "sh", str(self.path), name],
+            input=text, capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+
+    def close(self) -> None:
+        """End the namespace: its mount goes with it."""
+        self.process.communicate(timeout=30)
+        self.path.rmdir()
+
+
+def _still_held(config: Path) -> list[dict]:
+    log = (config.parent / "events.log").read_text().splitlines()
+    return [event for event in map(json.loads, log) if event["event"] == "still-held"]
+
+
+def _released(device: str) -> bool:
+    """Wait (bounded) for the kernel to release a loop device once its last mount is gone."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if not os.path.exists(f"/sys/block/{os.path.basename(device)}/loop/backing_file"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_runner_mounting_its_filesystem_in_its_own_namespace_is_cut_off_and_named(config):
+    path = runner(config, "lxd")
+    device = _manager(config).list_info()[0].path
+    device = subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(device)], capture_output=True,
+                            text=True, check=True).stdout.strip()  # fmt: skip
+    namespace = RunnerNamespace(path)
+    try:
+        assert namespace.write("note", "written before\n").returncode == 0
+
+        done = cli(config, "quarantine", "lxd", "--json")
+        late = namespace.write("late", "written after\n")
+        held = _still_held(config)
+    finally:
+        namespace.close()
+
+    assert done.returncode == 0, done.stderr
+    assert late.returncode != 0 and "Read-only file system" in late.stderr
+    with tarfile.open(json.loads(done.stdout)["archive"]) as tar:
+        assert tar.extractfile("files/note").read() == b"written before\n"  # type: ignore[union-attr]
+        assert "files/late" not in tar.getnames()
+    assert [event["runner"] for event in held] == ["lxd"]
+    assert f"{namespace.process.pid} (cat)" in held[0]["message"]
+    assert _released(device)
+
+
+def test_a_runner_keeping_a_file_open_for_writing_is_frozen_while_archived(config):
+    path = runner(config, "writer")
+    namespace = RunnerNamespace(path, "exec 3>>open-file; echo kept >&3")
+    try:
+        done = cli(config, "-v", "quarantine", "writer", "--json")
+    finally:
+        namespace.close()
+
+    assert done.returncode == 0, done.stderr
+    assert "frozen while archived" in done.stderr
+    with tarfile.open(json.loads(done.stdout)["archive"]) as tar:
+        assert tar.extractfile("files/open-file").read() == b"kept\n"  # type: ignore[union-attr]
