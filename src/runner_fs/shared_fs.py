@@ -679,8 +679,8 @@ class SharedFilesystemManager:
     def unmount_all(self) -> int:
         """Unmount every filesystem, keeping images and records (before a stop or removal).
 
-        Best effort: one that cannot be unmounted (its lock held, a process still inside
-        after the lazy detach) is logged and the others are still unmounted.
+        Best effort: one that cannot be unmounted (its lock held) is logged and the others
+        are still unmounted; a busy one is detached lazily.
 
         Returns:
             How many were unmounted.
@@ -697,10 +697,11 @@ class SharedFilesystemManager:
         return unmounted
 
     def _unmount(self, name: str) -> None:
-        """Unmount a runner's filesystem and make sure no loop device still holds its image.
+        """Unmount a runner's filesystem; its autoclear loop device goes with the last user.
 
-        A busy mount (a process still inside) is detached lazily, then awaited for a bounded
-        time, so nothing can write to the image once this returns.
+        A busy mount (a process still inside) is detached lazily and not waited for: it is
+        gone from every path, the loop device is released when that process lets go, and
+        nothing serialises behind it. (Quarantine and delete make it read-only first.)
         """
         target, image = self.mounts_dir / name, str(self._image(name))
         device = host.loop_device_of(target)
@@ -715,17 +716,13 @@ class SharedFilesystemManager:
             if exc.errno != errno.EBUSY:
                 raise
             host.umount(target, lazy=True)
-            logger.warning("runner %s: filesystem busy; detached it lazily", name)
+            logger.warning(
+                "runner %s: filesystem busy (a process is inside); detached it lazily: %s is"
+                " released when that process leaves", name, device,
+                extra={"event": "still-held", "runner": name},
+            )  # fmt: skip
             if not autoclear:
                 host.detach_loop(device)  # on a busy device the kernel sets autoclear instead
-            if host.mount_holders(device):  # other namespaces: named by _remove, not awaited
-                return
-            deadline, pause = time.monotonic() + self.lock_timeout, 0.01
-            while host.loop_backing(device) == image:  # its own sysfs entry, backing off
-                if time.monotonic() > deadline:
-                    raise OSError(errno.EBUSY, f"{image} is still in use by a process") from exc
-                time.sleep(pause)
-                pause = min(pause * 2, 0.5)
             return
         if not autoclear:  # bound by hand: unmounting did not free it
             host.detach_loop(device)
@@ -761,8 +758,9 @@ class SharedFilesystemManager:
         """
         device = host.loop_device_of(self.mount_point(name))
         self._unmount(name)
-        if device is not None and host.loop_backing(device) == str(self._image(name)):
-            holders = host.mount_holders(device) or ["no process found"]
+        bound = device is not None and host.loop_backing(device) == str(self._image(name))
+        holders = host.mount_holders(device) if device and bound else []
+        if holders:  # else a process of ours inside, lazily detached: logged by _unmount
             logger.warning(
                 "runner %s: %s is still mounted in another mount namespace, held by %s; it is"
                 " read-only, and released when they unmount it", name, device,

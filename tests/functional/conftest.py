@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,16 @@ def manager(base_dir: Path) -> SharedFilesystemManager:
 def bound_images(base: Path) -> list[str]:
     """Return the images under `base` that some loop device still holds."""
     return [path for path in host.loop_backing_files() if path.startswith(str(base.resolve()))]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30) -> bool:
+    """Wait (bounded) for something the kernel does on its own, such as releasing a device."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def kill_after_lines(process: subprocess.Popen, count: int, prefix: str) -> bool:

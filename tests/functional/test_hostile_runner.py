@@ -23,10 +23,11 @@ from pathlib import Path
 
 import pytest
 
+from runner_fs import host
 from runner_fs.metrics import runner as files
 from runner_fs.storage import get_storage
 
-from .conftest import OWNER, write_host_config
+from .conftest import OWNER, wait_for, write_host_config
 from .test_exporter import Exporter
 from .test_reconcile import backdate
 
@@ -428,16 +429,6 @@ def _still_held(config: Path) -> list[dict]:
     return [event for event in map(json.loads, log) if event["event"] == "still-held"]
 
 
-def _released(device: str) -> bool:
-    """Wait (bounded) for the kernel to release a loop device once its last mount is gone."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if not os.path.exists(f"/sys/block/{os.path.basename(device)}/loop/backing_file"):
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_a_runner_mounting_its_filesystem_in_its_own_namespace_is_cut_off_and_named(config):
     path = runner(config, "lxd")
     device = _manager(config).list_info()[0].path
@@ -460,7 +451,7 @@ def test_a_runner_mounting_its_filesystem_in_its_own_namespace_is_cut_off_and_na
         assert "files/late" not in tar.getnames()
     assert [event["runner"] for event in held] == ["lxd"]
     assert f"{namespace.process.pid} (cat)" in held[0]["message"]
-    assert _released(device)
+    assert wait_for(lambda: host.loop_backing(device) is None)
 
 
 def test_a_runner_keeping_a_file_open_for_writing_is_frozen_while_archived(config):
