@@ -14,6 +14,7 @@ from runner_fs.metrics.runner import (
     INSTALLED_FILE,
     POST_JOB_FILE,
     PRE_JOB_FILE,
+    apply_labels,
     read_runner_metrics,
 )
 
@@ -129,3 +130,85 @@ def test_the_directory_itself_must_not_be_a_symlink(tmp_path):
 
     with pytest.raises(OSError):
         read_runner_metrics(tmp_path / "link")
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ('{"timestamp": 1' + "0" * 400 + "}", "more than 20 digits"),
+        ("[" * 1024, "nested deeper than 4 levels"),
+        ('{"a": "[[[[[[[[", "b": ' + "[" * 5 + "]" * 5 + "}", "nested deeper than 4 levels"),
+        ('{"timestamp": -1e99999}', "finite number"),
+        ('{"timestamp": 1e400, "workflow": "x", "workflow_run_id": "1", "event": "e"}',
+         "finite number"),
+    ],
+)  # fmt: skip
+def test_json_too_deep_or_numbers_too_large_are_refused_before_they_cost_anything(
+    tmp_path, text, rule
+):
+    _write(tmp_path)
+    (tmp_path / PRE_JOB_FILE).write_text(text)
+
+    with pytest.raises(CorruptMetricDataError, match=rule):
+        read_runner_metrics(tmp_path)
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting(tmp_path):
+    _write(tmp_path, pre={**PRE, "workflow": "[[[[[[{{{{{{", "event": '\\"[[[[['})
+
+    assert read_runner_metrics(tmp_path).pre_job.workflow == "[[[[[[{{{{{{"
+
+
+def test_an_exit_code_outside_32_bits_is_refused(tmp_path):
+    _write(tmp_path, post={**POST, "status_info": {"code": 2**63}})
+
+    with pytest.raises(CorruptMetricDataError, match=r"status_info\.code"):
+        read_runner_metrics(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("window", "rule"),
+    [
+        ((NOW - 100, NOW + 600), r"start\.timestamp: timestamp .* is before the filesystem"),
+        ((NOW - 1000, NOW - 50), r"post-job-metrics\.json: timestamp .* is after the harvest"),
+    ],
+)
+def test_timestamps_outside_the_filesystems_life_are_refused(tmp_path, window, rule):
+    _write(tmp_path)
+
+    with pytest.raises(CorruptMetricDataError, match=rule):
+        read_runner_metrics(tmp_path, window=window)
+
+
+def test_timestamps_within_the_window_are_read(tmp_path):
+    _write(tmp_path)
+
+    assert read_runner_metrics(tmp_path, window=(NOW - 1000, NOW)) is not None
+
+
+@pytest.mark.parametrize(
+    ("labels", "claimed", "stored"),
+    [
+        ({"repository": "acme/web"}, "acme/web", "acme/web"),
+        ({"repository": "acme/web"}, None, "acme/web"),
+        ({"owner": "Acme"}, "acme/api", "acme/api"),
+        ({"owner": "acme"}, None, None),
+        ({"flavor": "small"}, "anyone/repo", "anyone/repo"),
+    ],
+)
+def test_the_provisioners_label_decides_the_repository(tmp_path, labels, claimed, stored):
+    _write(tmp_path, pre={**PRE, "repository": claimed})
+
+    metrics = apply_labels(read_runner_metrics(tmp_path), labels)
+
+    assert metrics.pre_job.repository == stored
+
+
+@pytest.mark.parametrize(
+    "labels", [{"repository": "acme/web"}, {"owner": "acme"}], ids=["repository", "owner"]
+)
+def test_a_runner_claiming_another_tenant_is_refused(tmp_path, labels):
+    _write(tmp_path, pre={**PRE, "repository": "victim-org/app"})
+
+    with pytest.raises(CorruptMetricDataError, match="'victim-org/app' is not"):
+        apply_labels(read_runner_metrics(tmp_path), labels)
