@@ -108,7 +108,8 @@ class DatabaseRequirer(ops.Object):
         """The provider's answer, read once per hook; None until it has answered.
 
         The URI holds the password: it goes into the 0600 host config file, never into logs.
-        A `uris` entry from the provider is used as given; else the first of `endpoints`.
+        A `uris` entry from the provider is used whole, as given (it may name several hosts);
+        else every host of `endpoints`, as one libpq multi-host URI.
         """
         relation = self.relation
         if relation is None or relation.app is None:
@@ -118,7 +119,7 @@ class DatabaseRequirer(ops.Object):
         tls = self._fields(answer, "secret-tls", ("tls", "tls-ca"))
         if user is None or tls is None:
             return None
-        uri = user.get("uris", "").split(",")[0].strip() or self._uri(answer, user)
+        uri = user.get("uris", "").strip() or self._uri(answer, user)
         if not uri:
             return None
         if urlsplit(uri).scheme not in ("postgresql", "postgres"):
@@ -128,20 +129,27 @@ class DatabaseRequirer(ops.Object):
 
     @staticmethod
     def _uri(answer: Mapping[str, str], user: Mapping[str, str]) -> str | None:
-        endpoints = answer.get("endpoints", "").split(",")[0]
+        """Build one libpq URI naming every host of `endpoints`.
+
+        With several, libpq tries each in turn for the one that takes writes
+        (`target_session_attrs=read-write`).
+        """
+        endpoints = [part for part in answer.get("endpoints", "").split(",") if part.strip()]
         name, password = user.get("username"), user.get("password")
         if not (endpoints and name and password):
             return None
         try:
-            host, port = split_endpoint(endpoints)
+            hosts = [split_endpoint(endpoint) for endpoint in endpoints]
         except ValueError as exc:
             logger.error("database endpoints: %s", exc)
             return None
-        host = f"[{host}]" if ":" in host else host
-        return (
-            f"postgresql://{quote(name, safe='')}:{quote(password, safe='')}@{host}:{port}"
+        where = ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                         for host, port in hosts)  # fmt: skip
+        uri = (
+            f"postgresql://{quote(name, safe='')}:{quote(password, safe='')}@{where}"
             f"/{quote(answer.get('database') or DATABASE, safe='')}"
         )
+        return f"{uri}?target_session_attrs=read-write" if len(hosts) > 1 else uri
 
     def _fields(
         self, answer: Mapping[str, str], secret_key: str, names: tuple[str, ...]

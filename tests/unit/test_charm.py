@@ -17,6 +17,7 @@ import ops
 import psycopg
 import pytest
 from ops import testing
+from psycopg.conninfo import conninfo_to_dict
 
 import charm
 import machine
@@ -776,3 +777,104 @@ def test_every_status_the_charm_sets_is_documented_in_the_readme(ctx, root, monk
 
     assert {"active", "waiting", "blocked"} <= set(seen)
     assert len(documented) == 11
+
+
+# -- the provider's answers in the shapes charmed PostgreSQL's data_interfaces writes ---------
+
+
+def _judged(root) -> dict:
+    """Return the rendered DSN as libpq itself parses it."""
+    return conninfo_to_dict(_rendered(root)["storage-options"]["dsn"])
+
+
+@pytest.mark.parametrize(
+    ("answer", "login", "expected"),
+    [
+        pytest.param(  # uris in the login secret, several hosts: used whole
+            {"endpoints": "h1:5432,h2:5432", "database": "fleet"},
+            {"uris": "postgresql://op:p%40ss@h1,h2:5432/fleet"},
+            {"host": "h1,h2", "port": ",5432", "dbname": "fleet", "user": "op",  # h1: default port
+             "password": "p@ss"},
+            id="uris-multi-host",
+        ),
+        pytest.param(  # endpoints only, several hosts and ports: one multi-host URI
+            {"endpoints": "10.0.0.1:5432,10.0.0.2:5433,[fd00::3]:5434", "database": "fleet"},
+            {},
+            {"host": "10.0.0.1,10.0.0.2,fd00::3", "port": "5432,5433,5434", "dbname": "fleet",
+             "user": "runner_fs_test", "target_session_attrs": "read-write"},
+            id="endpoints-multi-host",
+        ),
+        pytest.param(
+            {"endpoints": "10.0.0.1:5432", "database": "fleet"},
+            {},
+            {"host": "10.0.0.1", "port": "5432", "dbname": "fleet", "user": "runner_fs_test"},
+            id="endpoints-one-host",
+        ),
+    ],
+)  # fmt: skip
+def test_the_dsn_libpq_reads_names_every_published_host_user_and_database(
+    ctx, root, postgres_server, answer, login, expected
+):
+    secret = testing.Secret(
+        tracked_content={"username": "runner_fs_test", "password": "pw", **login}
+    )
+    relation = testing.Relation(
+        "database", remote_app_name="postgresql",
+        remote_app_data={**answer, "secret-user": secret.id, "version": "16.6"},
+    )  # fmt: skip
+
+    ctx.run(
+        ctx.on.relation_changed(relation),
+        testing.State(config=POSTGRESQL, relations=[relation], secrets=[secret]),
+    )
+
+    judged = _judged(root)
+    assert {key: judged.get(key) for key in expected} == expected
+    assert judged["password"] == expected.get("password", "pw")
+
+
+def test_credentials_in_the_databag_of_older_providers_are_read(ctx, root):
+    relation = testing.Relation(
+        "database", remote_app_name="postgresql",
+        remote_app_data={"endpoints": "db:5432", "database": "fleet", "username": "old",
+                         "password": "pw"},
+    )  # fmt: skip
+
+    ctx.run(ctx.on.relation_changed(relation), testing.State(config=POSTGRESQL,
+                                                              relations=[relation]))  # fmt: skip
+
+    judged = _judged(root)
+    assert (judged["host"], judged["user"], judged["dbname"]) == ("db", "old", "fleet")
+
+
+def test_tls_in_the_tls_secret_is_verified_against_the_published_ca(ctx, root):
+    user = testing.Secret(tracked_content={"username": "u", "password": "pw"})
+    tls = testing.Secret(tracked_content={"tls": "True", "tls-ca": "-----BEGIN CERTIFICATE-----"})
+    relation = testing.Relation(
+        "database", remote_app_name="postgresql",
+        remote_app_data={"endpoints": "h1:5432,h2:5432", "database": "fleet",
+                         "secret-user": user.id, "secret-tls": tls.id},
+    )  # fmt: skip
+
+    ctx.run(
+        ctx.on.relation_changed(relation),
+        testing.State(config=POSTGRESQL, relations=[relation], secrets=[user, tls]),
+    )
+
+    judged = _judged(root)
+    assert (judged["sslmode"], judged["host"]) == ("verify-full", "h1,h2")
+    assert judged["sslrootcert"] == str(root / "etc/runner-fs/postgresql-ca.pem")
+
+
+def test_a_multi_host_dsn_reaches_the_host_that_answers(ctx, root, postgres_server):
+    relation, _, secrets = _database(
+        postgres_server, "charm_multi_host",
+        endpoints=f"127.0.0.1:1,127.0.0.1:{postgres_server.port}",  # the first refuses
+    )  # fmt: skip
+    state = testing.State(config=POSTGRESQL, relations=[relation], secrets=secrets)
+
+    out = ctx.run(ctx.on.relation_changed(relation), state)
+    ctx.run(ctx.on.action("reconcile"), out)
+
+    assert ctx.action_results["errors"] == 0
+    assert _judged(root)["port"] == f"1,{postgres_server.port}"
