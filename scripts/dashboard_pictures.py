@@ -37,7 +37,8 @@ from runner_fs.storage import get_storage  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "docs/images"
 ROUNDS = 12  # one harvest pass each, a few seconds apart
-VARIABLES = {"$__rate_interval": "30s", "$juju_unit": ".*", "[1h]": "[30s]"}
+VARIABLES = {"$__rate_interval": "30s", "$juju_model_uuid": ".*", "$juju_model": ".*",
+             "$juju_application": ".*", "$juju_unit": ".*", "[1h]": "[30s]"}  # fmt: skip
 
 
 def free_port() -> int:

@@ -139,7 +139,7 @@ class RunnerFsCharm(ops.CharmBase):
         self._publish(state)
         if state is not None:
             for relation in self.model.relations[cos_agent.RELATION]:
-                data = cos_agent.unit_databag(state.config.metrics_port, self.app.name)
+                data = cos_agent.unit_databag(state.config.metrics_port, self)
                 relation.data[self.unit].update(data)
         return state
 

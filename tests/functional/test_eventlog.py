@@ -32,10 +32,11 @@ def test_a_pass_logs_each_harvest_and_quarantine_as_json_and_nothing_a_runner_wr
     assert result.returncode == 0, result.stderr
     events = [json.loads(line) for line in log.read_text().splitlines()]
     assert [(e["event"], e["runner"]) for e in events] == [
-        ("quarantine", "evil"), ("harvest", "good")
+        ("hostile", "evil"), ("quarantine", "evil"), ("harvest", "good")
     ]  # fmt: skip
-    assert events[1]["datapoints"] == 3
-    assert events[0]["archive"].endswith(".tar.gz")
+    assert "pre-job-metrics.json: not valid JSON" in events[0]["message"]
+    assert events[2]["datapoints"] == 3
+    assert events[1]["archive"].endswith(".tar.gz")
     assert "SECRET-CONTENT" not in log.read_text()
     assert stat.S_IMODE(log.stat().st_mode) == 0o640
     assert stat.S_IMODE(log.parent.stat().st_mode) == 0o750

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cosl import JujuTopology
 from prometheus_client.parser import text_string_to_metric_families
 
 import runner_fs
+from cos_agent import alert_rules
 from runner_fs import host
 from runner_fs.metrics import runner as files
 from runner_fs.reconcile import Reconciler
@@ -154,14 +156,19 @@ def test_storage_down_is_exported_and_the_rest_still_is(config, tmp_path, harves
 
 
 class Prometheus:
-    """Debian's prometheus on 127.0.0.1 (never the system service), with the shipped rules."""
+    """Debian's prometheus on 127.0.0.1 (never the system service), with the charm's rules.
+
+    The rules are those the charm hands to COS, for a test topology.
+    """
 
     def __init__(self, tmp_path: Path, target_port: int) -> None:
         """Start it, scraping and evaluating every second; wait until it is ready."""
         self.port = _free_port()
+        topology = JujuTopology("test", "20ce8299-3634-4bef-8bd8-5ace6c8816b4", "runner-fs")
+        (tmp_path / "runner_fs.rules").write_text(yaml.safe_dump(alert_rules(topology)))
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(p) for p in (REPO / "src/prometheus_alert_rules").glob("*.rules")],
+            "rule_files": [str(tmp_path / "runner_fs.rules")],
             "scrape_configs": [{"job_name": "runner-fs",
                                 "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}]}],
         }  # fmt: skip

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import ops
 import psycopg
+import pydantic
 import pytest
 from ops import testing
 from psycopg.conninfo import conninfo_to_dict
@@ -689,12 +690,49 @@ def test_cos_agent_gets_the_scrape_job_rules_and_dashboard_a_collector_decodes(c
         "job_name": "runner-fs_metrics", "metrics_path": "/metrics",
         "static_configs": [{"targets": ["localhost:10300"]}],
     }]  # fmt: skip
-    alerts = {rule["alert"] for g in data["metrics_alert_rules"]["groups"] for rule in g["rules"]}
-    assert "RunnerFsHarvestStale" in alerts
+    rules = [rule for g in data["metrics_alert_rules"]["groups"] for rule in g["rules"]]
+    assert "RunnerFsHarvestStale" in {rule["alert"] for rule in rules}
     (dashboard,) = data["dashboards"]
     decoded = json.loads(lzma.decompress(base64.b64decode(dashboard)))
     assert decoded["title"] == "runner-fs"
     assert (data["log_slots"], data["log_alert_rules"], data["subordinate"]) == ([], {}, True)
+
+
+class CosAgentProviderUnitData(pydantic.BaseModel):
+    """The cos_agent interface's unit databag, as its library publishes the model."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    metrics_alert_rules: dict
+    log_alert_rules: dict
+    dashboards: list[str]
+    subordinate: bool | None = None
+    metrics_scrape_jobs: list[dict]
+    log_slots: list[str]
+    tracing_protocols: list[str] | None = None
+
+
+def test_the_cos_agent_databag_fits_the_interfaces_model_with_this_units_topology(ctx, root):
+    cos = testing.SubordinateRelation("cos-agent", remote_app_name="opentelemetry-collector")
+    model = testing.Model(name="fleet", uuid="9f2c3a1e-54b2-4c43-9d4e-3f2a1b0c9d8e")
+    state = testing.State(config=VALID, relations=[cos], model=model)
+
+    out = ctx.run(ctx.on.relation_changed(cos), state)
+
+    data = CosAgentProviderUnitData.model_validate_json(
+        out.get_relation(cos.id).local_unit_data["config"]
+    )
+    topology = {"juju_model": "fleet", "juju_model_uuid": model.uuid,
+                "juju_application": "runner-fs", "juju_charm": "runner-fs"}  # fmt: skip
+    rules = [rule for group in data.metrics_alert_rules["groups"] for rule in group["rules"]]
+    assert len(rules) == 6
+    assert all(rule["labels"].items() >= topology.items() for rule in rules)
+    assert all(rule["labels"]["juju_model_uuid"] == model.uuid for rule in rules)
+    (down,) = (rule for rule in rules if rule["alert"] == "RunnerFsExporterDown")
+    assert down["expr"] == (
+        f'up{{juju_model="fleet", juju_model_uuid="{model.uuid}",'
+        ' juju_application="runner-fs"} == 0'
+    )
 
 
 def test_the_metrics_service_listens_on_the_configured_port_on_loopback(ctx, root):

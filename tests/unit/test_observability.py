@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cosl import JujuTopology
 
+import cos_agent
 from runner_fs.config import HostConfig
 from runner_fs.exporter import HostCollector
 from runner_fs.reconcile import ReconcileResult, record_reconcile
@@ -19,7 +21,8 @@ from runner_fs.reconcile import ReconcileResult, record_reconcile
 REPO = Path(__file__).resolve().parents[2]
 RULES = sorted((REPO / "src/prometheus_alert_rules").glob("*.rules"))
 DASHBOARDS = sorted((REPO / "src/grafana_dashboards").glob("*.json"))
-GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$juju_unit": ".*"}
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$juju_model_uuid": ".*", "$juju_model": ".*",
+                     "$juju_application": ".*", "$juju_unit": ".*"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +39,42 @@ def _promtool(promtool: str, *args: object) -> subprocess.CompletedProcess:
     return subprocess.run([promtool, *map(str, args)], capture_output=True, text=True, check=False)
 
 
-def test_the_shipped_rules_pass_promtool_check(promtool):
-    result = _promtool(promtool, "check", "rules", *RULES)
+TOPOLOGY = JujuTopology(model="test", model_uuid="20ce8299-3634-4bef-8bd8-5ace6c8816b4",
+                        application="runner-fs", charm_name="runner-fs")  # fmt: skip
+RULE_LABELS = {"juju_model": "test", "juju_model_uuid": TOPOLOGY.model_uuid,
+               "juju_application": "runner-fs", "juju_charm": "runner-fs"}  # fmt: skip
+
+
+def _as_cos_gets_them(directory: Path) -> list[Path]:
+    """Write the rules as the charm hands them to COS (for the test topology) and the tests.
+
+    Each expected alert gets the rule labels cosl adds. The tests are read with every scalar
+    a string, as promtool reads them (`0x30` is thirty zeros, not YAML's 48).
+    """
+    rendered = cos_agent.alert_rules(TOPOLOGY)
+    (directory / "rendered.rules").write_text(yaml.safe_dump(rendered))
+    tests = []
+    for source in sorted((REPO / "tests/prometheus").glob("*_test.yaml")):
+        suite = yaml.load(source.read_text(), Loader=yaml.BaseLoader)  # noqa: S506 (strings only)
+        for test in suite["tests"]:
+            for case in test.get("alert_rule_test", []):
+                for alert in case["exp_alerts"]:
+                    alert["exp_labels"] |= RULE_LABELS
+        tests.append(directory / source.name)
+        tests[-1].write_text(yaml.safe_dump(suite))
+    return tests
+
+
+def test_the_rules_cos_receives_pass_promtool_check(promtool, tmp_path):
+    _as_cos_gets_them(tmp_path)
+
+    result = _promtool(promtool, "check", "rules", tmp_path / "rendered.rules")
 
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_every_alert_fires_when_it_should_in_promtools_unit_tests(promtool):
-    tests = sorted((REPO / "tests/prometheus").glob("*_test.yaml"))
+def test_every_alert_fires_when_it_should_in_promtools_unit_tests(promtool, tmp_path):
+    tests = _as_cos_gets_them(tmp_path)
     tested = {
         case["alertname"]
         for test_file in tests
@@ -57,6 +88,18 @@ def test_every_alert_fires_when_it_should_in_promtools_unit_tests(promtool):
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert tested == shipped
+
+
+def test_every_rule_cos_receives_carries_the_charms_topology_and_names_the_unit(tmp_path):
+    _as_cos_gets_them(tmp_path)
+    groups = yaml.safe_load((tmp_path / "rendered.rules").read_text())["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+
+    assert all(rule["labels"].items() >= RULE_LABELS.items() for rule in rules)
+    assert all("{{ $labels.juju_unit }}" in rule["annotations"]["summary"] for rule in rules)
+    (down,) = (rule for rule in rules if rule["alert"] == "RunnerFsExporterDown")
+    assert 'juju_application="runner-fs"' in down["expr"]
+    assert 'juju_model_uuid="20ce8299-3634-4bef-8bd8-5ace6c8816b4"' in down["expr"]
 
 
 def _expressions() -> list[str]:
