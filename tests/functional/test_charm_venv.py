@@ -40,7 +40,11 @@ def supported_tags(python: tuple[int, int], glibc: tuple[int, int]) -> set[tags.
 
 def problems(charm: Path) -> list[str]:
     """Say everything in `charm`'s venv that its base's Python could not use."""
-    archive = zipfile.ZipFile(charm)
+    with zipfile.ZipFile(charm) as archive:
+        return _problems(archive)
+
+
+def _problems(archive: zipfile.ZipFile) -> list[str]:
     names = archive.namelist()
     channel = yaml.safe_load(archive.read("manifest.yaml"))["bases"][0]["channel"]
     python, glibc = BASES[channel]
@@ -77,7 +81,9 @@ def problems(charm: Path) -> list[str]:
 def carried(charm: Path) -> dict[str, str]:
     """Return the distributions in `charm`'s venv: normalised name to version."""
     found = {}
-    for name in zipfile.ZipFile(charm).namelist():
+    with zipfile.ZipFile(charm) as archive:
+        names = archive.namelist()
+    for name in names:
         match = re.search(r"/site-packages/([^/]+)-([^-/]+)\.dist-info/METADATA$", name)
         if match:
             found[match[1].lower().replace("_", "-")] = match[2]

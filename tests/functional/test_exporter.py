@@ -229,7 +229,11 @@ def test_a_real_prometheus_sees_the_series_and_the_stale_harvest_alert(
     prometheus_binary, config, harvested, tmp_path
 ):
     exporter = Exporter(config, interval=0.02)  # passes every 1.2 s: stale after 3.6 s
-    server = Prometheus(tmp_path, exporter.port)
+    try:
+        server = Prometheus(tmp_path, exporter.port)
+    except BaseException:
+        exporter.stop()
+        raise
     try:
         harvested_total = server.wait_for(
             "the harvested counter", lambda: server.value("runner_fs_runners_harvested_total")
