@@ -127,7 +127,7 @@ class PostgreSQLStorage(SQLStorage):
     DATA_ERRORS = (psycopg.DataError,)
 
     def __init__(self, *, dsn: str = "", **options: Any) -> None:
-        """Point at a database; nothing is opened until `init()`.
+        """Point at a database; it is connected to on first use (or `init()`).
 
         Args:
             dsn: a libpq connection string or URI; its password never appears in messages.
@@ -149,34 +149,39 @@ class PostgreSQLStorage(SQLStorage):
             parts.get("user", ""), parts.get("host", ""), parts.get("port", 5432),
             parts.get("dbname", ""),
         )  # fmt: skip
-        self._connection: psycopg.Connection | None = None
 
     @property
     def location(self) -> str:
         """Name the database without its password."""
         return self._location
 
-    @property
-    def db(self) -> psycopg.Connection:
-        """Return an open connection, connecting again if the last one was lost.
+    def _connect(self) -> psycopg.Connection:
+        """Connect for this thread (again, where its last connection was lost).
 
         Raises:
-            psycopg.OperationalError: the server cannot be reached or refuses the login.
+            psycopg.OperationalError: the server cannot be reached or refuses the login
+                (reported as a StorageError by the operation that needed it).
         """
-        if self._connection is None or self._connection.closed or self._connection.broken:
-            connection = psycopg.connect(
-                self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
-                application_name="runner-fs",
-            )  # fmt: skip
-            self._connection = connection  # closed by close(), whatever happens next
+        connection = psycopg.connect(
+            self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+            application_name="runner-fs",
+        )  # fmt: skip
+        try:
             # A harvested filesystem is deleted once its commit returns: the commit must be
             # durable even where the server defaults to synchronous_commit=off.
             connection.execute("SET synchronous_commit = on")
-            set_json_loads(orjson.loads, connection)
-        return self._connection
+        except BaseException:
+            connection.close()
+            raise
+        set_json_loads(orjson.loads, connection)
+        return connection
 
-    def init(self) -> None:
-        """Connect, and create or upgrade the schema under an advisory lock; idempotent.
+    @staticmethod
+    def _lost(connection: psycopg.Connection) -> bool:
+        return connection.closed or connection.broken
+
+    def _prepare_schema(self) -> None:
+        """Create or upgrade the schema under an advisory lock (one unit at a time).
 
         Raises:
             StorageError: the server cannot be reached, or has a newer schema.
@@ -198,12 +203,6 @@ class PostgreSQLStorage(SQLStorage):
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (str(SCHEMA_VERSION),),
             )
-
-    def close(self) -> None:
-        """Close the connection; the next call connects again."""
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:

@@ -30,6 +30,7 @@ import abc
 import contextlib
 import datetime
 import decimal
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
@@ -282,11 +283,78 @@ class SQLStorage(BaseStorage):
         """Return the SQL that a point can be rolled up exactly for `key` (see `Rollup.add`)."""
 
     def __init__(self, **options: Any) -> None:
-        """Keep the options; rollup group ids are cached once committed."""
+        """Keep the options; nothing is opened until first use, or `init()`.
+
+        One instance may serve many threads (CloudKitty's API does): each thread gets a
+        connection of its own on first use, and the schema is created or upgraded once, by
+        the first. Rollup group ids are cached, shared, once committed.
+        """
         super().__init__(**options)
         self._group_ids: dict[tuple, int] = {}
         self._groups: dict[int, tuple] = {}
-        self._new_group_ids: dict[tuple, int] = {}
+        self._local = threading.local()  # this thread's connection and new group ids
+        self._opened: list[Any] = []  # every thread's connection, for close()
+        self._opened_lock = threading.Lock()
+        self._schema_lock = threading.RLock()  # one thread prepares it; the others wait
+        self._ready = False  # the schema was checked by this instance
+
+    @abc.abstractmethod
+    def _connect(self) -> Any:
+        """Open a new connection for the calling thread.
+
+        Raises:
+            StorageError: the store cannot be opened.
+        """
+
+    @property
+    def db(self) -> Any:
+        """Return this thread's connection, opened (and the schema made ready) on first use.
+
+        Raises:
+            StorageError: the store cannot be opened or its schema is newer than ours.
+        """
+        connection = getattr(self._local, "connection", None)
+        if connection is None or self._lost(connection):
+            connection = self._connect()
+            with self._opened_lock:
+                self._opened.append(connection)
+            self._local.connection = connection
+        if not (self._ready or getattr(self._local, "preparing", False)):
+            with self._schema_lock:
+                if not self._ready:
+                    self.init()
+        return connection
+
+    @staticmethod
+    def _lost(connection: Any) -> bool:
+        """Return whether a connection can no longer be used (a backend may say so)."""
+        return False
+
+    def init(self) -> None:
+        """Create or upgrade the schema (idempotent); a store is also made ready on first use.
+
+        Raises:
+            StorageError: the store cannot be opened or its schema is newer than ours.
+        """
+        with self._schema_lock:
+            self._local.preparing = True  # its own queries go straight to `db`
+            try:
+                self._prepare_schema()
+            finally:
+                self._local.preparing = False
+            self._ready = True
+
+    @abc.abstractmethod
+    def _prepare_schema(self) -> None:
+        """Create or upgrade the schema through `db`."""
+
+    def close(self) -> None:
+        """Close every thread's connection; the next use opens again."""
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+            self._local = threading.local()
+        for connection in opened:
+            connection.close()
 
     @contextlib.contextmanager
     def _reporting(self, action: str) -> Iterator[None]:
@@ -300,10 +368,10 @@ class SQLStorage(BaseStorage):
     @contextlib.contextmanager
     def _writing(self, action: str) -> Iterator[None]:
         """Run one write transaction; group ids it made are cached only once it commits."""
-        self._new_group_ids = {}
+        self._local.new_group_ids = {}
         with self._reporting(action), self._transaction():
             yield
-        self._remember(self._new_group_ids)
+        self._remember(self._local.new_group_ids)
 
     def _remember(self, group_ids: Mapping[tuple, int]) -> None:
         self._group_ids.update(group_ids)
@@ -422,7 +490,7 @@ class SQLStorage(BaseStorage):
                 values,
             ).fetchall()
             for number, *group in found:
-                ids[tuple(group)] = self._new_group_ids[tuple(group)] = number
+                ids[tuple(group)] = self._local.new_group_ids[tuple(group)] = number
         return ids
 
     def _groups_of(self, ids: Iterable[int]) -> dict[int, tuple]:

@@ -103,7 +103,7 @@ class SQLiteStorage(SQLStorage):
     DATA_ERRORS = (sqlite3.DataError, OverflowError)
 
     def __init__(self, *, path: str | Path = "metrics.db", **options: Any) -> None:
-        """Point at a database file; nothing is opened until `init()`.
+        """Point at a database file; it is opened on first use (or `init()`).
 
         Args:
             path: the SQLite file; created with its directory's permissions.
@@ -111,38 +111,34 @@ class SQLiteStorage(SQLStorage):
         """
         super().__init__(**options)
         self.path = Path(path)
-        self._db: sqlite3.Connection | None = None
 
     @property
     def location(self) -> str:
         """Name the database file."""
         return str(self.path)
 
-    @property
-    def db(self) -> sqlite3.Connection:
-        """Return the open connection.
+    def _connect(self) -> sqlite3.Connection:
+        """Open the file (0600, WAL, synchronous=FULL) for this thread.
 
         Raises:
-            StorageError: `init()` was not called.
-        """
-        if self._db is None:
-            raise StorageError("storage not initialised: call init() first")
-        return self._db
-
-    def init(self) -> None:
-        """Open the file and create the schema if missing; idempotent.
-
-        Raises:
-            StorageError: the file cannot be opened or has a newer schema.
+            StorageError: the file cannot be opened.
         """
         deadline = time.monotonic() + BUSY_TIMEOUT
         while True:
             try:
                 self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
                 _keep_private(self.path)
-                self._db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT)
-                self._create_schema(self._db)
-                return
+                db = sqlite3.connect(
+                    self.path, isolation_level=None, timeout=BUSY_TIMEOUT,
+                    check_same_thread=False,  # used by one thread; closed by any (close())
+                )  # fmt: skip
+                try:
+                    db.execute("PRAGMA journal_mode=WAL")
+                    db.execute("PRAGMA synchronous=FULL")
+                except BaseException:
+                    db.close()
+                    raise
+                return db
             except sqlite3.OperationalError as exc:
                 # Switching a new file to WAL fails at once, without waiting, while another
                 # process is creating it: retry until the timeout.
@@ -152,15 +148,18 @@ class SQLiteStorage(SQLStorage):
             except (OSError, sqlite3.Error) as exc:
                 raise StorageError(f"cannot open metrics database {self.path}: {exc}") from exc
 
-    def close(self) -> None:
-        """Close the file."""
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+    def _prepare_schema(self) -> None:
+        """Create or upgrade the schema.
+
+        Raises:
+            StorageError: the file cannot be read, or has a newer schema.
+        """
+        try:
+            self._create_schema(self.db)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open metrics database {self.path}: {exc}") from exc
 
     def _create_schema(self, db: sqlite3.Connection) -> None:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
         db.executescript(_SCHEMA)
         db.execute("BEGIN IMMEDIATE")  # one process upgrades; the others wait, then see it done
         try:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import decimal
 import os
+import threading
 
 import pytest
 
@@ -134,3 +136,34 @@ def test_cloudkitty_pages_concatenate_to_the_whole(backend):
 
     assert [row for page in pages for row in page] == whole
     assert len(whole) == 12
+
+
+def test_a_driver_cloudkitty_never_initialised_opens_its_store_on_first_use(backend):
+    frames = [_frame(T0 + index * HOUR, f"p{index % 2}", "2", "1") for index in range(4)]
+
+    backend.push(frames, "scope")  # as CloudKitty's processor does: no init() in its process
+
+    summary = backend.total(groupby=["project_id"], begin=T0, end=T0 + 24 * HOUR)
+    assert sorted((row["project_id"], row["qty"]) for row in summary["results"]) == [
+        ("p0", 4.0), ("p1", 4.0)
+    ]  # fmt: skip
+
+
+def test_one_driver_serves_many_threads_at_once_as_cloudkittys_api_does(backend):
+    threads = 12
+    barrier = threading.Barrier(threads)
+
+    def request(index: int) -> int:
+        barrier.wait()  # every thread's first use lands together
+        backend.push([_frame(T0 + index * HOUR, f"p{index % 3}", "1", "1")])
+        backend.total(groupby=["project_id"], begin=T0, end=T0 + 24 * HOUR)
+        return backend.retrieve(begin=T0, end=T0 + 24 * HOUR, paginate=False)["total"]
+
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        seen = list(pool.map(request, range(threads)))
+
+    assert all(1 <= total <= threads for total in seen)
+    totals = backend.total(groupby=["project_id"], begin=T0, end=T0 + 24 * HOUR)["results"]
+    assert sorted((row["project_id"], row["qty"]) for row in totals) == [
+        ("p0", 4.0), ("p1", 4.0), ("p2", 4.0)
+    ]  # fmt: skip
