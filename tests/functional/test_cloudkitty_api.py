@@ -76,25 +76,51 @@ def _harvests() -> list[DataFrame]:
     return frames
 
 
+def cloudkitty_config(directory: Path, backend: str, option: str) -> Path:
+    """Write CloudKitty's config (and paste file) for `runner_fs_<backend>`; prepare its DB.
+
+    `option` is the `[storage_runner_fs]` line naming our store. CloudKitty's own database
+    (scopes, states) is SQLite; its rating modules are not used.
+    """
+    (directory / "api_paste.ini").write_text(PASTE)
+    (directory / "metrics.yml").write_text(
+        "metrics:\n  runner.job:\n    unit: s\n    groupby: [project_id, flavor]\n"
+        "    metadata: [runner_name]\n"
+    )
+    config = directory / "cloudkitty.conf"
+    config.write_text(
+        "[DEFAULT]\nauth_strategy = noauth\ntransport_url = fake:/\n"
+        f"api_paste_config = {directory / 'api_paste.ini'}\n"
+        f"[database]\nconnection = sqlite:///{directory / 'cloudkitty.db'}\n"
+        f"[storage]\nbackend = runner_fs_{backend}\nversion = 2\n"
+        f"[storage_runner_fs]\n{option}\n"
+        f"[orchestrator]\ncoordination_url = file://{directory / 'locks'}\n"
+        f"[collect]\nmetrics_conf = {directory / 'metrics.yml'}\n"
+    )
+    dbsync = Path(sys.executable).with_name("cloudkitty-dbsync")
+    subprocess.run(
+        [dbsync, "--config-file", config, "upgrade", "--module", "cloudkitty"],
+        capture_output=True, check=True, timeout=300,
+    )  # fmt: skip
+    return config
+
+
+def store_options(
+    backend: str, request: pytest.FixtureRequest, directory: Path
+) -> tuple[dict, str]:
+    """Return our backend's options for a new store, and CloudKitty's line naming it."""
+    if backend == "sqlite":
+        path = directory / "metrics.db"
+        return {"path": path}, f"sqlite_path = {path}"
+    dsn = request.getfixturevalue("postgres_dsn")
+    return {"dsn": dsn}, f"postgresql_dsn = {dsn}"
+
+
 class CloudKittyApi:
     """CloudKitty's API process over one of our drivers."""
 
-    def __init__(self, directory: Path, backend: str, option: str) -> None:
-        """Write its paste and config files, prepare its own database, start it."""
-        (directory / "api_paste.ini").write_text(PASTE)
-        config = directory / "cloudkitty.conf"
-        config.write_text(
-            "[DEFAULT]\nauth_strategy = noauth\ntransport_url = fake:/\n"
-            f"api_paste_config = {directory / 'api_paste.ini'}\n"
-            f"[database]\nconnection = sqlite:///{directory / 'cloudkitty.db'}\n"
-            f"[storage]\nbackend = runner_fs_{backend}\nversion = 2\n"
-            f"[storage_runner_fs]\n{option}\n"
-        )
-        dbsync = Path(sys.executable).with_name("cloudkitty-dbsync")
-        subprocess.run(  # its own tables (scopes, states); rating modules are not used here
-            [dbsync, "--config-file", config, "upgrade", "--module", "cloudkitty"],
-            capture_output=True, check=True, timeout=300,
-        )  # fmt: skip
+    def __init__(self, config: Path) -> None:
+        """Start it with `config`, and wait for its port."""
         self.process = subprocess.Popen(
             [sys.executable, HERE / "cloudkitty_api.py", config],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -134,15 +160,10 @@ class CloudKittyApi:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request, tmp_path) -> Iterator[tuple[CloudKittyApi, object]]:
     """Yield a runner-fs store holding harvests, and CloudKitty's API over it."""
-    if request.param == "sqlite":
-        options = {"path": tmp_path / "metrics.db"}
-        option = f"sqlite_path = {options['path']}"
-    else:
-        options = {"dsn": request.getfixturevalue("postgres_dsn")}
-        option = f"postgresql_dsn = {options['dsn']}"
+    options, option = store_options(request.param, request, tmp_path)
     ours = get_storage(request.param, **options)
     ours.push(_harvests())
-    api = CloudKittyApi(tmp_path, request.param, option)
+    api = CloudKittyApi(cloudkitty_config(tmp_path, request.param, option))
     yield api, ours
     api.stop()
     ours.close()
