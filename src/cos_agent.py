@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import cosl
 import ops
 import yaml
+
+if TYPE_CHECKING:
+    import cosl
 
 RELATION = "cos-agent"
 KEY = "config"
@@ -29,11 +32,15 @@ DASHBOARDS = HERE / "grafana_dashboards"
 
 def encode_dashboard(text: str) -> str:
     """Return a dashboard as the interface carries it."""
+    import cosl  # noqa: PLC0415 (only for the cos-agent relation: every other hook is faster)
+
     return cosl.LZMABase64.compress(text)
 
 
 def alert_rules(topology: cosl.JujuTopology) -> dict:
     """Return the alert rules as this charm hands them to COS, for `topology`."""
+    import cosl  # noqa: PLC0415 (see encode_dashboard)
+
     rules = cosl.AlertRules(query_type="promql", topology=topology)
     for path in sorted(ALERT_RULES.glob("*.rules")):
         text = path.read_text(encoding="utf-8")
@@ -46,6 +53,8 @@ def alert_rules(topology: cosl.JujuTopology) -> dict:
 
 def unit_databag(port: int, charm: ops.CharmBase) -> dict[str, str]:
     """Return what this unit publishes: its scrape job, the alert rules and the dashboards."""
+    import cosl  # noqa: PLC0415 (see encode_dashboard)
+
     data = {
         "metrics_scrape_jobs": [
             {
