@@ -100,7 +100,6 @@ def test_a_bad_config_file_is_a_usage_error_naming_the_key(tmp_path):
 
 
 def test_the_readme_demo_command_runs_the_whole_flow_and_leaves_nothing_behind():
-    mounts_before = Path("/proc/self/mountinfo").read_text().count("\n")
     repo = Path(__file__).resolve().parents[2]
 
     result = subprocess.run(
@@ -117,5 +116,6 @@ def test_the_readme_demo_command_runs_the_whole_flow_and_leaves_nothing_behind()
     assert counts["harvested"] == sum(r in ("finished", "released") for r in roles.values())
     assert counts["errors"] == 0
     assert summary["job_time"]
-    assert Path("/proc/self/mountinfo").read_text().count("\n") == mounts_before
+    # Only what the demo made (its temporary directory): other programs may mount meanwhile.
+    assert "runner-fs-demo-" not in Path("/proc/self/mountinfo").read_text()
     assert not [p for p in host.loop_backing_files() if "runner-fs-demo-" in p]
