@@ -38,7 +38,7 @@ def _step(config: Path, *args: str, qty: int = 10) -> None:
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_cloudkittys_worker_scope_reset_and_reprocessing_land_in_our_store(
+def test_cloudkittys_worker_reset_and_reprocessing_with_a_stand_in_collector_land_in_our_store(
     request, tmp_path, backend
 ):
     options, option = store_options(backend, request, tmp_path)

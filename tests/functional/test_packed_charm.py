@@ -352,7 +352,9 @@ def test_the_timer_service_harvests_outside_the_hook_it_then_dispatches(story):
     assert story["sqlite-pass"][1] <= 2 and story["pg-pass"][1] <= 2
 
 
-def test_with_postgresql_unreachable_no_hook_holds_the_machine_lock_over_2_s(story):
+def test_with_postgresql_unreachable_a_stand_in_juju_exec_sees_no_hook_hold_its_lock_over_2_s(
+    story,
+):
     passed, held = story["unreachable-pass"]
     assert not passed
     assert held <= 2, held

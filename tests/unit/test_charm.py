@@ -712,7 +712,9 @@ class CosAgentProviderUnitData(pydantic.BaseModel):
     tracing_protocols: list[str] | None = None
 
 
-def test_the_cos_agent_databag_fits_the_interfaces_model_with_this_units_topology(ctx, root):
+def test_the_cos_agent_databag_fits_a_model_written_from_the_librarys_with_this_topology(
+    ctx, root
+):
     cos = testing.SubordinateRelation("cos-agent", remote_app_name="opentelemetry-collector")
     model = testing.Model(name="fleet", uuid="9f2c3a1e-54b2-4c43-9d4e-3f2a1b0c9d8e")
     state = testing.State(config=VALID, relations=[cos], model=model)
