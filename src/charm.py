@@ -83,7 +83,7 @@ class RunnerFsCharm(ops.CharmBase):
 
     # -- state ---------------------------------------------------------------------------
 
-    def _state(self, use_database: bool = True) -> CharmState:
+    def _state(self) -> CharmState:
         """Return the validated state of this unit.
 
         Raises:
@@ -101,7 +101,7 @@ class RunnerFsCharm(ops.CharmBase):
                 f" ({self.machine.config_path}): remove this unit ({self.unit.name})"
             )
         config = config.with_requests(self.provisioner.requested())
-        login = self.database.login if use_database else None
+        login = self.database.login
         dsn = None
         if login:
             self.machine.keep_database_ca(login.tls_ca)
@@ -254,18 +254,15 @@ class RunnerFsCharm(ops.CharmBase):
 
     def _on_reconcile_action(self, event: ops.ActionEvent) -> None:
         """Run one pass now, in the hook (an operator asked for it and waits)."""
-        state = self._converge()
-        if state is None:
-            event.fail("not configured: see the unit's status")
-            return
+        self._converge()
 
         def progress(done: int, total: int) -> None:
             if at_tenth(done, total):
                 event.log(f"{done}/{total} filesystems")
 
         try:
-            counts = state.host.reconcile(progress).as_dict()
-        except RunnerFsError as exc:
+            counts = self._state().host.reconcile(progress).as_dict()
+        except (InvalidConfigError, RunnerFsError) as exc:  # names the option or the cause
             event.fail(str(exc))
             return
         event.set_results(counts)
