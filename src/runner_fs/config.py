@@ -137,7 +137,7 @@ class HostConfig(BaseModel):
         return options | dict(self.storage_options)
 
     def move_local_store(self, lock_timeout: float = 60.0) -> bool | None:
-        """Copy the local SQLite store into a remote backend once, between reconcile passes.
+        """Copy the local SQLite store into a remote backend once, at the start of a pass.
 
         Returns:
             None if there is nothing to move, else whether the copy was made now (False: the
