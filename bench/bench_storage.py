@@ -9,13 +9,19 @@ in the same run:
   against a raw bulk insert of ready-made tuples (already converted to integers and JSON
   text) into a table with the same columns and indexes, also 1000 per transaction: SQLite's
   `executemany`, PostgreSQL's COPY. Building either side's input is not timed.
-- total / retrieve / delete: our method against the same answer written by hand in SQL over
-  the same table, the result rows fetched (no Python objects built for them). Totals are
-  also answered by today's point scan (the same `total()` with rollups switched off), so
-  rollups, the scan they replace and the hand-written scan are compared in one run.
+- push before and after: on two fresh stores side by side (batches alternated), `push()` as
+  it is against the same code keeping daily rollups only (how it was before quarter hours),
+  in the benchmark's shape and in a harvest's (`push_many` of 256 runners, three points each,
+  40 repositories, 2 flavors, a pass every five minutes).
+- totals: 28-day windows by repository and flavor that start and end at midnight UTC, at a
+  local midnight (+05:30, +05:45, -03:30) and at any minute, each answered by `total()`, by
+  the same code reading daily rollups only (before), and by the hand-written SQL scan of the
+  window's points; each answer is checked equal to `total()` over points first.
+- retrieve / delete: our method against the same answer written by hand in SQL over
+  the same table, the result rows fetched (no Python objects built for them).
 
 PostgreSQL runs in a throw-away server (fsync on, Debian's defaults otherwise) started by the
-benchmark, or in the database given with --dsn (its tables are dropped first).
+benchmark.
 
 Run:  python bench/bench_storage.py --backend sqlite postgresql --n 10000 100000 1000000
 """
@@ -34,10 +40,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from runner_fs.dataframe import DataFrame, DataPoint
+from runner_fs.storage import sql
 from runner_fs.storage.postgresql import PostgreSQLStorage
-from runner_fs.storage.sql import PRICE_SCALE, QTY_SCALE, SQLStorage, to_utc_us
+from runner_fs.storage.sql import DAY_US, PRICE_SCALE, QTY_SCALE, SQLStorage, to_utc_us
 from runner_fs.storage.sqlite import SQLiteStorage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -231,6 +239,60 @@ def bench_push(storage: SQLStorage, hand: Any, n: int) -> dict[str, float]:
     return {"ours": n / ours, "raw": n / raw}
 
 
+def daily_rollups_only() -> contextlib.AbstractContextManager:
+    """Run the code as it was before quarter hours: rollups by UTC day, edges from points."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(mock.patch.object(sql, "SPANS_US", (DAY_US,)))
+    stack.enter_context(mock.patch.object(sql.cover, "__defaults__", ((DAY_US,),)))
+    return stack
+
+
+def _harvests(passes: int, seed: int = 11) -> Iterator[list]:
+    """Yield the `push_many` argument of each pass: 256 runners, three points each."""
+    rng = random.Random(seed)  # noqa: S311 (test data)
+    for number in range(passes):
+        harvests = []
+        for runner in range(256):
+            start = T0 + datetime.timedelta(seconds=number * 300 + rng.randrange(300))
+            groupby = {
+                "flavor": f"flavor-{runner % 2}",
+                "repository": f"org/repo-{rng.randrange(40)}",
+            }
+            frames = []
+            for type_ in TYPES:
+                frame = DataFrame(start, start + datetime.timedelta(seconds=60))
+                metadata = {"runner_name": f"r-{number}-{runner}"}
+                point = DataPoint("s", rng.randrange(1, 3600), "0.001", groupby, metadata)
+                frame.add_point(point, type_)
+                frames.append(frame)
+            harvests.append((f"bench/{number}/{runner}", frames, {("s", "harvests"): 1}))
+        yield harvests
+
+
+def bench_push_before_after(before: SQLStorage, after: SQLStorage, n: int) -> list[tuple]:
+    """Return rows (shape, points/s after, points/s before), pushes alternated on two stores."""
+    rows = []
+    shapes = (
+        ("benchmark: push() of 1000 points", lambda s, b: s.push(_frames(b)), list(_batches(n))),
+        ("harvest: push_many() of 256 runners", lambda s, b: s.push_many(b),
+         list(_harvests(max(1, n // 768)))),
+    )  # fmt: skip
+    for name, push, batches in shapes:
+        spent = {"after": 0.0, "before": 0.0}
+        points = 0
+        for batch in batches:
+            points += 3 * len(batch) if name.startswith("harvest") else len(batch)
+            start = time.perf_counter()
+            push(after, batch)
+            spent["after"] += time.perf_counter() - start
+            with daily_rollups_only():
+                start = time.perf_counter()
+                push(before, batch)
+                spent["before"] += time.perf_counter() - start
+        rows.append((name, points / spent["after"], points / spent["before"]))
+    return rows
+
+
 def _best(action: Callable[[], object], repeat: int) -> float:
     times = []
     for _ in range(repeat):
@@ -240,31 +302,49 @@ def _best(action: Callable[[], object], repeat: int) -> float:
     return min(times)
 
 
-def _from_points(storage: SQLStorage, keys: list[str], end: datetime.datetime) -> dict:
-    """Return `total()` as it was before rollups: a scan of the window's points."""
+def _from_points(storage: SQLStorage, keys: list[str], begin: datetime.datetime,
+                 end: datetime.datetime) -> dict:  # fmt: skip
+    """Return `total()` answered from a scan of the window's points."""
     storage.rolled_up = lambda: False  # type: ignore[method-assign]
     try:
-        return storage.total(keys, T0, end, paginate=False)
+        return storage.total(keys, begin, end, paginate=False)
     finally:
         del storage.rolled_up
 
 
+def _windows() -> list[tuple[str, datetime.datetime, datetime.datetime]]:
+    """Return 28-day windows from the second day: UTC, local midnights, any minute."""
+    first = T0 + datetime.timedelta(days=1)
+    windows = [("UTC days", first, first + datetime.timedelta(days=28))]
+    for hours, minutes in ((5, 30), (5, 45), (-3, -30)):
+        zone = datetime.timezone(datetime.timedelta(hours=hours, minutes=minutes))
+        local = datetime.datetime.combine(first.date(), datetime.time(), zone)
+        windows.append(
+            (f"days at {local:%z} midnight", local, local + datetime.timedelta(days=28))
+        )
+    windows.append(("any minute (13:07 to 09:41)", first.replace(hour=13, minute=7),
+                    first + datetime.timedelta(days=28, hours=9, minutes=41)))  # fmt: skip
+    return windows
+
+
 def run(storage: SQLStorage, hand: Any, n: int, repeat: int) -> list[tuple]:
-    """Return rows (operation, ours, hand-written[, point scan]) in s, or points/s for push."""
+    """Return rows (operation, ours, hand-written[, before]) in s, or points/s for push."""
     push = bench_push(storage, hand, n)
     rows: list[tuple] = [("push (points/s)", push["ours"], push["raw"])]
-    for days in (1, 7, 30):
-        end = T0 + datetime.timedelta(days=days)
-        window = (to_utc_us(T0), to_utc_us(end))
-        for keys in (["repository"], ["repository", "flavor"]):
-            answer = storage.total(keys, T0, end, paginate=False)
-            assert answer == _from_points(storage, keys, end), "rollups and points disagree"
-            rows.append((
-                f"total by {'+'.join(keys)}, {days} d",
-                _best(lambda k=keys, e=end: storage.total(k, T0, e, paginate=False), repeat),
-                _best(lambda k=keys, w=window: hand.total(k, *w), repeat),
-                _best(lambda k=keys, e=end: _from_points(storage, k, e), repeat),
-            ))  # fmt: skip
+    keys = ["repository", "flavor"]
+    for name, begin, end in _windows():
+        answer = storage.total(keys, begin, end, paginate=False)
+        assert answer == _from_points(storage, keys, begin, end), "rollups and points disagree"
+        with daily_rollups_only():
+            before = _best(
+                lambda b=begin, e=end: storage.total(keys, b, e, paginate=False), repeat
+            )
+        rows.append((
+            f"28-day total by repository+flavor, {name}",
+            _best(lambda b=begin, e=end: storage.total(keys, b, e, paginate=False), repeat),
+            _best(lambda b=begin, e=end: hand.total(keys, to_utc_us(b), to_utc_us(e)), repeat),
+            before,
+        ))  # fmt: skip
     end = T0 + datetime.timedelta(days=DAYS)
     offset = max(0, n - 1000)
     rows.append((
@@ -280,56 +360,92 @@ def run(storage: SQLStorage, hand: Any, n: int, repeat: int) -> list[tuple]:
     start = time.perf_counter()
     hand.delete(to_utc_us(next_day), to_utc_us(next_day + datetime.timedelta(days=1)))
     rows.append(("delete a day", ours, time.perf_counter() - start))
+    rows.append(("upgrade from version 4 (rollups built)", upgrade_from_version_4(storage)))
     return rows
 
 
+def upgrade_from_version_4(storage: SQLStorage) -> float:
+    """Return the seconds `init()` takes to upgrade the store as version 4 left it."""
+    storage._execute("DROP TABLE rollups")
+    storage._execute(
+        "CREATE TABLE rollups (day bigint NOT NULL, group_id bigint NOT NULL, qty_micro bigint"
+        " NOT NULL, price_nano bigint NOT NULL, points bigint NOT NULL,"
+        " PRIMARY KEY (day, group_id))"
+    )
+    storage._execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    storage.close()
+    reopened = (
+        SQLiteStorage(path=storage.path)
+        if isinstance(storage, SQLiteStorage)
+        else PostgreSQLStorage(dsn=storage.dsn)  # type: ignore[attr-defined]
+    )
+    start = time.perf_counter()
+    reopened.init()
+    spent = time.perf_counter() - start
+    reopened.close()
+    return spent
+
+
 @contextlib.contextmanager
-def _stores(backend: str, n: int, dsn: str | None) -> Iterator[tuple[SQLStorage, Any]]:
-    """Yield an empty store of `backend` and its hand-written SQL."""
-    if backend == "sqlite":
-        with tempfile.TemporaryDirectory(prefix="runner-fs-bench-") as directory:
-            sqlite = SQLiteStorage(path=Path(directory) / f"bench-{n}.db")
-            sqlite.init()
-            yield sqlite, HandSQLite(sqlite)
-            sqlite.close()
-        return
+def _stores(backend: str) -> Iterator[Callable[[str], tuple[SQLStorage, Any]]]:
+    """Yield a function that opens a new empty store of `backend` and its hand-written SQL."""
     with contextlib.ExitStack() as stack:
-        if dsn is None:
+        if backend == "sqlite":
+            directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
+        else:
             server = stack.enter_context(running_server(durable=True))
-            dsn = server.create_database(f"bench_{n}")
-        postgresql = PostgreSQLStorage(dsn=dsn)
-        postgresql.db.execute(
-            "DROP TABLE IF EXISTS points, ledger, meta, tallies, rollups, raw_points CASCADE"
-        )
-        postgresql.init()
-        yield postgresql, HandPostgreSQL(postgresql)
-        postgresql.close()
+
+        def new_store(name: str) -> tuple[SQLStorage, Any]:
+            storage: SQLStorage
+            if backend == "sqlite":
+                storage = SQLiteStorage(path=directory / f"{name}.db")
+                hand: Any = HandSQLite(storage)
+            else:
+                storage = PostgreSQLStorage(dsn=server.create_database(name))
+                hand = HandPostgreSQL(storage)
+            stack.callback(storage.close)
+            return storage, hand
+
+        yield new_store
 
 
 def main() -> None:
-    """Run the sizes given and print one Markdown table per backend and size."""
+    """Run the sizes given and print Markdown tables per backend and size."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", nargs="+", choices=["sqlite", "postgresql"],
                         default=["sqlite", "postgresql"])  # fmt: skip
     parser.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--push-n", type=int, default=200_000,
+                        help="points pushed before and after, in each shape")  # fmt: skip
     parser.add_argument("--repeat", type=int, default=3, help="best of this many (reads)")
-    parser.add_argument("--dsn", help="PostgreSQL database to use (its tables are dropped)")
     args = parser.parse_args()
     for backend in args.backend:
-        for n in args.n:
-            print(f"\n### {backend}, {n:,} datapoints\n")
-            print("| operation | ours | hand-written SQL | ratio | points scan (before) | ratio |")
-            print("| --- | --- | --- | --- | --- | --- |")
-            with _stores(backend, n, args.dsn) as (storage, hand):
+        with _stores(backend) as new_store:
+            print(f"\n### {backend}: push before and after, {args.push_n:,} points each\n")
+            print("| shape | after (points/s) | before (points/s) | after / before |")
+            print("| --- | --- | --- | --- |")
+            before_after = bench_push_before_after(
+                new_store("push_before")[0], new_store("push_after")[0], args.push_n
+            )
+            for name, after, before in before_after:
+                print(f"| {name} | {after:,.0f} | {before:,.0f} | {after / before:.2f}x |")
+            for n in args.n:
+                print(f"\n### {backend}, {n:,} datapoints\n")
+                print("| operation | ours | hand-written SQL | ratio | daily rollups (before)"
+                      " | ratio |\n| --- | --- | --- | --- | --- | --- |")  # fmt: skip
                 start = time.perf_counter()
-                for name, ours, raw, *scan in run(storage, hand, n, args.repeat):
-                    if name.startswith("push"):
+                for name, ours, *raw_before in run(*new_store(f"bench_{n}"), n, args.repeat):
+                    if name.startswith("upgrade"):
+                        print(f"| {name} | {ours:.2f} s | | | | |")
+                    elif name.startswith("push"):
+                        raw = raw_before[0]
                         print(f"| {name} | {ours:,.0f} | {raw:,.0f} | {ours / raw:.0%} of raw"
                               " | | |")  # fmt: skip
                     else:
-                        before = f"{scan[0]:.4f} s | {ours / scan[0]:.3f}x" if scan else "|"
+                        raw, *before = raw_before
+                        then = f"{before[0]:.4f} s | {ours / before[0]:.3f}x" if before else "|"
                         print(f"| {name} | {ours:.4f} s | {raw:.4f} s | {ours / raw:.3f}x"
-                              f" | {before} |")  # fmt: skip
+                              f" | {then} |")  # fmt: skip
                 spent = time.perf_counter() - start
                 print(f"\n(the whole run, generating and pushing included: {spent:.0f} s)")
 

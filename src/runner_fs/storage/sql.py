@@ -9,16 +9,18 @@ billionths)::
     ledger(key PRIMARY KEY, stored_us, points)      exactly-once harvest keys
     tallies(unit, series, value)                    running totals of harvests
     rollup_groups(id, type, flavor, repository)     each combination rolled up
-    rollups(day, group_id, qty_micro, price_nano, points)
+    rollups(span_us, start_us, group_id, qty_micro, price_nano, points)
     meta(key PRIMARY KEY, value)                    schema_version, store_id, rollups
 
-Rollups are exact sums of points by UTC day and group: a point's type and its `ROLLUP_KEYS`
-attributes, each coded `=value` for a text value and `` where neither groupby nor metadata has
-it. They are kept in the transaction that pushes or deletes the points (`Rollup`). A point
-with any other value (a number, null, an object, or the key only in metadata, where filters
-would find it) cannot be rolled up exactly: the store is then marked (`meta.rollups =
-points`) and answers every total from points from then on. `total()` reads whole days from
-rollups and the rest of the window from points.
+Rollups are exact sums of points by bucket and group: a UTC day, an hour or a quarter of an
+hour (`SPANS_US`) from a point's start, and the point's type and its `ROLLUP_KEYS` attributes,
+each coded `=value` for a text value and `` where neither groupby nor metadata has it. Every
+time zone's midnight falls on a quarter hour, so any window is whole days, hours and quarters
+(`cover`) plus less than a quarter of points at each end. They are kept in the transaction
+that pushes or deletes the points (`Rollup`). A point with any other value (a number, null,
+an object, or the key only in metadata, where filters would find it) cannot be rolled up
+exactly: the store is then marked (`meta.rollups = points`) and answers every total from
+points from then on.
 
 A backend supplies its connection, transactions, bulk insert and the few expressions where
 the SQL dialects differ (JSON access, calendar fields, the parameter mark).
@@ -46,12 +48,19 @@ QTY_SCALE, PRICE_SCALE = 10**QTY_DIGITS, 10**PRICE_DIGITS
 COLUMNS = "begin_us, end_us, type, unit, qty_micro, price_nano, groupby, metadata, description"
 ROLLUP_KEYS = ("flavor", "repository")
 GROUP_COLUMNS = f"type, {', '.join(ROLLUP_KEYS)}"
-DAY_US = 86_400_000_000
-# The UTC day of a point's start, rounded down for instants before 1970 too.
-DAY_OF_POINT = (
-    f"(CASE WHEN p.begin_us >= 0 THEN p.begin_us / {DAY_US}"
-    f" ELSE (p.begin_us + 1) / {DAY_US} - 1 END)"
-)
+ROLLUP_COLUMNS = "span_us, start_us, group_id, qty_micro, price_nano, points"
+QUARTER_US, HOUR_US, DAY_US = 900_000_000, 3_600_000_000, 86_400_000_000
+SPANS_US = (DAY_US, HOUR_US, QUARTER_US)
+"""The rollups' buckets, longest first; each holds a whole number of the next."""
+
+
+def bucket_start(column: str, span: int) -> str:
+    """Return the SQL of the start of the bucket of `span` holding `column` (before 1970 too)."""
+    whole = f"{column} / {span}"
+    return f"(CASE WHEN {column} >= 0 THEN {whole} ELSE ({column} + 1) / {span} - 1 END) * {span}"
+
+
+QUARTER_OF_POINT = bucket_start("p.begin_us", QUARTER_US)
 _MAX_FIXED = 2**62
 _UTC = datetime.timezone.utc
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=_UTC)
@@ -104,8 +113,33 @@ def _fixed(value: object, digits: int, type_: str, field: str) -> int:
     return scaled
 
 
+def cover(low: int, high: int, spans: Sequence[int] = SPANS_US) -> tuple[list, list]:
+    """Split [low, high) into whole buckets, longest first, and the points left at its ends.
+
+    Returns:
+        Bucket ranges `(span_us, first_start_us, end_start_us)` and point ranges
+        `(low, high)`, together exactly [low, high).
+    """
+    if low >= high:
+        return [], []
+    if not spans:
+        return [], [(low, high)]
+    span, shorter = spans[0], spans[1:]
+    first, last = -(-low // span) * span, high // span * span
+    if first >= last:
+        return cover(low, high, shorter)
+    buckets, edges = [(span, first, last)], []
+    for part in ((low, first), (last, high)):
+        part_buckets, part_edges = cover(*part, shorter)
+        buckets += part_buckets
+        edges += part_edges
+    return buckets, edges
+
+
 def build_rollups(code: Callable[[str], str], regular: Callable[[str], str]) -> list[str]:
-    """Return the SQL that builds the rollups of the points stored before rollups existed.
+    """Return the SQL that builds the rollups of the points stored, into empty tables.
+
+    Points are read once, into quarters; each longer span is summed from the one below it.
 
     Args:
         code: the dialect's `rollup_code`.
@@ -115,42 +149,27 @@ def build_rollups(code: Callable[[str], str], regular: Callable[[str], str]) -> 
     same = " AND ".join(
         f"g.{key} = {value}" for key, value in zip(ROLLUP_KEYS, codes, strict=True)
     )
-    return [
+    statements = [
+        "DELETE FROM meta WHERE key = 'rollups'",
         f"INSERT INTO rollup_groups ({GROUP_COLUMNS}) SELECT DISTINCT p.type, {', '.join(codes)}"
         " FROM points AS p",
-        "INSERT INTO rollups (day, group_id, qty_micro, price_nano, points)"
-        f" SELECT {DAY_OF_POINT}, g.id, SUM(p.qty_micro), SUM(p.price_nano), COUNT(*)"
-        f" FROM points AS p JOIN rollup_groups AS g ON g.type = p.type AND {same} GROUP BY 1, 2",
+        f"INSERT INTO rollups ({ROLLUP_COLUMNS})"
+        f" SELECT {QUARTER_US}, {QUARTER_OF_POINT}, g.id, SUM(p.qty_micro), SUM(p.price_nano),"
+        f" COUNT(*) FROM points AS p JOIN rollup_groups AS g ON g.type = p.type AND {same}"
+        " GROUP BY 2, 3",
+    ]
+    for span, shorter in zip(SPANS_US[-2::-1], SPANS_US[:0:-1], strict=True):
+        statements.append(
+            f"INSERT INTO rollups ({ROLLUP_COLUMNS}) SELECT {span},"
+            f" {bucket_start('r.start_us', span)}, r.group_id,"
+            " SUM(r.qty_micro), SUM(r.price_nano), SUM(r.points) FROM rollups AS r"
+            f" WHERE r.span_us = {shorter} GROUP BY 2, 3"
+        )
+    statements.append(
         "INSERT INTO meta (key, value) SELECT 'rollups', 'points' WHERE EXISTS (SELECT 1"
-        f" FROM points AS p WHERE NOT ({' AND '.join(map(regular, ROLLUP_KEYS))}))",
-    ]
-
-
-def repair_nulls(
-    code: Callable[[str], str], regular: Callable[[str], str], drop_nulls: list[str]
-) -> list[str]:
-    """Return the SQL that stores null `ROLLUP_KEYS` attributes as absent (what they mean).
-
-    Points that harvests once stored with a null repository marked the store irregular, so
-    totals scanned points; where that mark is set, the rollups are built again once the nulls
-    are gone, and the mark stays only if another irregular point remains.
-
-    Args:
-        code: the dialect's `rollup_code`.
-        regular: the dialect's SQL that a point can be rolled up exactly for a key.
-        drop_nulls: the dialect's statements that remove each key where it is null.
-    """
-    marked = "EXISTS (SELECT 1 FROM meta WHERE key = 'rollups')"
-    groups, sums, mark = build_rollups(code, regular)
-    return [
-        *drop_nulls,
-        f"DELETE FROM rollups WHERE {marked}",
-        f"DELETE FROM rollup_groups WHERE {marked}",
-        f"{groups} WHERE {marked}",
-        sums.replace(" GROUP BY ", f" WHERE {marked} GROUP BY "),
-        "DELETE FROM meta WHERE key = 'rollups'",
-        mark,
-    ]
+        f" FROM points AS p WHERE NOT ({' AND '.join(map(regular, ROLLUP_KEYS))}))"
+    )
+    return statements
 
 
 def _decoded(code: str) -> str | None:
@@ -159,7 +178,7 @@ def _decoded(code: str) -> str | None:
 
 
 class Rollup:
-    """Exact sums of points by (day, type, codes), to add to or take from the rollups."""
+    """Exact sums of points by (quarter start, type, codes), to add to or take from rollups."""
 
     def __init__(self) -> None:
         """Start empty."""
@@ -171,7 +190,7 @@ class Rollup:
         self, begin_us: int, type_: str, qty: int, price: int, groupby: Mapping, metadata: Mapping
     ) -> None:
         """Count one point (in the hot path of every push: kept lean)."""
-        key = [begin_us // DAY_US, type_]
+        key = [begin_us - begin_us % QUARTER_US, type_]
         for name in ROLLUP_KEYS:
             value = groupby.get(name, _ABSENT)
             if type(value) is str:
@@ -455,19 +474,27 @@ class SQLStorage(BaseStorage):
         if not rollup.sums:
             return
         ids = self._ids_of({key[1:] for key in rollup.sums})
+        buckets: dict[tuple[int, int, int], list[int]] = {}
+        for (start, *group), (qty, price, points) in rollup.sums.items():
+            number = ids[tuple(group)]
+            for span in SPANS_US:
+                sums = buckets.setdefault((span, start - start % span, number), [0, 0, 0])
+                sums[0] += qty
+                sums[1] += price
+                sums[2] += points
         rows = sorted(  # so concurrent writers lock rows in one order
-            (key[0], ids[key[1:]], sign * qty, sign * price, sign * points)
-            for key, (qty, price, points) in rollup.sums.items()
+            (*bucket, sign * qty, sign * price, sign * points)
+            for bucket, (qty, price, points) in buckets.items()
         )
         add = ", ".join(f"{name} = rollups.{name} + excluded.{name}"
                         for name in ("qty_micro", "price_nano", "points"))  # fmt: skip
-        self._insert_rollups(rows, f"ON CONFLICT (day, group_id) DO UPDATE SET {add}")
+        self._insert_rollups(
+            rows, f"ON CONFLICT (span_us, start_us, group_id) DO UPDATE SET {add}"
+        )
         if sign < 0:
-            self._execute(
-                f"DELETE FROM rollups WHERE day >= {self.MARK} AND day <= {self.MARK}"
-                " AND points = 0",
-                (rows[0][0], rows[-1][0]),
-            )
+            starts = [row[1] for row in rows]
+            where, args = self._rollups_where([(None, min(starts), max(starts) + 1)], [], {})
+            self._execute(f"DELETE FROM rollups AS r WHERE {where} AND r.points = 0", args)
 
     def _ids_of(self, groups: set[tuple]) -> dict[tuple, int]:
         """Return the ids of rollup groups, adding the new ones (inside a write transaction)."""
@@ -594,16 +621,14 @@ class SQLStorage(BaseStorage):
     ) -> None:
         """Drop the rollups of whole days in the window; subtract the points of the rest."""
         edges: list[tuple[int | None, int | None]] = [(begin_us, end_us)]
-        first = None if begin_us is None else -(-begin_us // DAY_US)
-        last = None if end_us is None else end_us // DAY_US
+        first = None if begin_us is None else -(-begin_us // DAY_US) * DAY_US
+        last = None if end_us is None else end_us // DAY_US * DAY_US
         if set(attributes) <= set(ROLLUP_KEYS) and (first is None or last is None or first < last):
-            where, args = self._rollups_where(first, last, types, attributes)
+            where, args = self._rollups_where([(None, first, last)], types, attributes)
             self._execute(f"DELETE FROM rollups AS r WHERE {where}", args)
-            edges = (
-                [(begin_us, first * DAY_US)] if first is not None and begin_us is not None else []
-            )
+            edges = [(begin_us, first)] if first is not None and begin_us is not None else []
             if last is not None and end_us is not None:
-                edges.append((last * DAY_US, end_us))
+                edges.append((last, end_us))
         codes = ", ".join(self.rollup_code(key) for key in ROLLUP_KEYS)
         rollup = Rollup()
         for low, high in edges:
@@ -611,8 +636,8 @@ class SQLStorage(BaseStorage):
                 continue
             where, args = self._where_us(low, high, types, attributes)
             for row in self._execute(
-                f"SELECT {DAY_OF_POINT}, p.type, {codes}, SUM(p.qty_micro), SUM(p.price_nano),"
-                f" COUNT(*) FROM points AS p WHERE {where}"
+                f"SELECT {QUARTER_OF_POINT}, p.type, {codes}, SUM(p.qty_micro),"
+                f" SUM(p.price_nano), COUNT(*) FROM points AS p WHERE {where}"
                 f" GROUP BY {', '.join(map(str, range(1, 3 + len(ROLLUP_KEYS))))}",
                 args,
             ):
@@ -730,18 +755,17 @@ class SQLStorage(BaseStorage):
         types, attributes = _selection(filters, metric_types)
         names = [key for key in groupby if key != "time"]
         by_time = "time" in groupby
-        first_day, last_day = -(-begin_us // DAY_US), end_us // DAY_US
+        buckets, edges = cover(begin_us, end_us)
         with self._reporting("reading"), self._snapshot():  # rollups and edges agree
             if (
                 not by_time
-                and first_day < last_day
+                and buckets
                 and {*names, *attributes} <= {"type", *ROLLUP_KEYS}
                 and self.rolled_up()
             ):
-                rows = self._sum_rollups(names, first_day, last_day, types, attributes)
-                for low, high in ((begin_us, first_day * DAY_US), (last_day * DAY_US, end_us)):
-                    if low < high:
-                        rows += self._sum_points(names, False, low, high, types, attributes)
+                rows = self._sum_rollups(names, buckets, types, attributes)
+                for low, high in edges:
+                    rows += self._sum_points(names, False, low, high, types, attributes)
                 rows = _merged(rows) or ([] if names else [(0, 0)])  # as SUM over no rows
             else:
                 rows = self._sum_points(names, by_time, begin_us, end_us, types, attributes)
@@ -790,13 +814,12 @@ class SQLStorage(BaseStorage):
     def _sum_rollups(
         self,
         names: list[str],
-        first_day: int,
-        last_day: int,
+        buckets: list[tuple[int, int, int]],
         types: list[str] | None,
         attributes: dict[str, list[str]],
     ) -> list[tuple]:
-        """Return rows like `_sum_points` for the whole days [first_day, last_day)."""
-        where, args = self._rollups_where(first_day, last_day, types, attributes)
+        """Return rows like `_sum_points` for bucket ranges (span, first start, end start)."""
+        where, args = self._rollups_where(buckets, types, attributes)
         rows = self._execute(
             "SELECT r.group_id, SUM(r.qty_micro), SUM(r.price_nano) FROM rollups AS r"
             f" WHERE {where} GROUP BY r.group_id",
@@ -812,24 +835,41 @@ class SQLStorage(BaseStorage):
 
     def _rollups_where(
         self,
-        first_day: int | None,
-        last_day: int | None,
+        buckets: Iterable[tuple[int | None, int | None, int | None]],
         types: list[str] | None,
         attributes: dict[str, list[str]],
     ) -> tuple[str, list]:
-        """Return the condition on rollups `r` for whole days [first, last) and a selection."""
+        """Return the condition on rollups `r` in bucket ranges and a selection.
+
+        Args:
+            buckets: (span, first start, end start); a None span is every span, a None start
+                unbounded.
+            types: as `_selection` returns them.
+            attributes: as `_selection` returns them.
+        """
         if types is None:
             return "1 = 0", []
         mark = self.MARK
-        clauses, args = self._range("r.day", first_day, last_day)
+        ranges, args = [], []
+        for span, low, high in buckets:
+            spans = SPANS_US if span is None else (span,)
+            clauses, range_args = self._range("r.start_us", low, high)
+            ranges.append(
+                f"(r.span_us IN ({', '.join([mark] * len(spans))}) AND {' AND '.join(clauses)})"
+            )
+            args += [*spans, *range_args]
         kinds = [("type", types)] if types else []
         kinds += [(key, ["=" + value for value in values]) for key, values in attributes.items()]
+        within = ""
         if kinds:
-            within = " AND ".join(f"g.{name} IN ({', '.join([mark] * len(wanted))})"
-                                  for name, wanted in kinds)  # fmt: skip
-            clauses.append(f"r.group_id IN (SELECT g.id FROM rollup_groups AS g WHERE {within})")
+            wanted_groups = " AND ".join(
+                f"g.{name} IN ({', '.join([mark] * len(wanted))})" for name, wanted in kinds
+            )
+            within = (
+                f" AND r.group_id IN (SELECT g.id FROM rollup_groups AS g WHERE {wanted_groups})"
+            )
             args += [value for _, wanted in kinds for value in wanted]
-        return " AND ".join(clauses), args
+        return f"({' OR '.join(ranges)}){within}", args
 
 
 def _window(

@@ -23,15 +23,26 @@ from runner_fs.errors import StorageError
 from runner_fs.storage.sql import (
     COLUMNS,
     GROUP_COLUMNS,
+    ROLLUP_COLUMNS,
     ROLLUP_KEYS,
     SQLStorage,
     build_rollups,
-    repair_nulls,
 )
 
-SCHEMA_VERSION = 4  # 2: tallies, 3: rollups, 4: null attributes stored absent
+SCHEMA_VERSION = 5  # 2: tallies, 3: daily rollups, 4: null attributes absent, 5: quarter hours
 BUSY_TIMEOUT = 30.0  # seconds to wait for another writer
-_ROWS_PER_STATEMENT = 4096  # rollup rows per INSERT: 5 parameters each, under SQLite's 32766
+_ROWS_PER_STATEMENT = 4096  # rollup rows per INSERT: 6 parameters each, under SQLite's 32766
+_ROLLUPS = """
+CREATE TABLE IF NOT EXISTS rollups (
+    span_us INTEGER NOT NULL,
+    start_us INTEGER NOT NULL,
+    group_id INTEGER NOT NULL,
+    qty_micro INTEGER NOT NULL,
+    price_nano INTEGER NOT NULL,
+    points INTEGER NOT NULL,
+    PRIMARY KEY (span_us, start_us, group_id)
+) WITHOUT ROWID;
+"""
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS points (
@@ -56,14 +67,6 @@ CREATE TABLE IF NOT EXISTS tallies (
 CREATE TABLE IF NOT EXISTS rollup_groups (
     id INTEGER PRIMARY KEY, type TEXT NOT NULL, {codes}, UNIQUE ({group})
 );
-CREATE TABLE IF NOT EXISTS rollups (
-    day INTEGER NOT NULL,
-    group_id INTEGER NOT NULL,
-    qty_micro INTEGER NOT NULL,
-    price_nano INTEGER NOT NULL,
-    points INTEGER NOT NULL,
-    PRIMARY KEY (day, group_id)
-) WITHOUT ROWID;
 """.format(codes=", ".join(f"{key} TEXT NOT NULL" for key in ROLLUP_KEYS), group=GROUP_COLUMNS)
 # Calendar attributes when a point does not carry them (the collector's formulas), as text.
 _START = "p.begin_us / 1000000, 'unixepoch'"
@@ -160,7 +163,7 @@ class SQLiteStorage(SQLStorage):
             raise StorageError(f"cannot open metrics database {self.path}: {exc}") from exc
 
     def _create_schema(self, db: sqlite3.Connection) -> None:
-        db.executescript(_SCHEMA)
+        db.executescript(_SCHEMA + _ROLLUPS)
         db.execute("BEGIN IMMEDIATE")  # one process upgrades; the others wait, then see it done
         try:
             db.execute(
@@ -175,16 +178,17 @@ class SQLiteStorage(SQLStorage):
                     f"{self.path} has schema version {version}, newer than this runner-fs "
                     f"({SCHEMA_VERSION}); upgrade runner-fs"
                 )
-            if int(version) < 3:  # the version that brought rollups
+            if int(version) < 4:  # null attributes mean absent
+                for key in ROLLUP_KEYS:
+                    db.execute(
+                        f"UPDATE points SET groupby = json_remove(groupby, '{_json_path(key)}')"
+                        f" WHERE json_type(groupby, '{_json_path(key)}') = 'null'"
+                    )
+            if int(version) < 5:  # rollups by quarter hour, hour and day, built from points
+                db.execute("DROP TABLE rollups")
+                db.execute(_ROLLUPS)
+                db.execute("DELETE FROM rollup_groups")
                 for statement in build_rollups(self.rollup_code, self.regular):
-                    db.execute(statement)
-            if int(version) < 4:
-                drop = [
-                    f"UPDATE points SET groupby = json_remove(groupby, '{_json_path(key)}')"
-                    f" WHERE json_type(groupby, '{_json_path(key)}') = 'null'"
-                    for key in ROLLUP_KEYS
-                ]
-                for statement in repair_nulls(self.rollup_code, self.regular, drop):
                     db.execute(statement)
             db.execute(
                 "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
@@ -219,8 +223,8 @@ class SQLiteStorage(SQLStorage):
         for start in range(0, len(rows), _ROWS_PER_STATEMENT):  # one statement: 15% faster
             chunk = rows[start : start + _ROWS_PER_STATEMENT]
             self.db.execute(
-                "INSERT INTO rollups (day, group_id, qty_micro, price_nano, points)"
-                f" VALUES {', '.join(['(?, ?, ?, ?, ?)'] * len(chunk))} {on_conflict}",
+                f"INSERT INTO rollups ({ROLLUP_COLUMNS})"
+                f" VALUES {', '.join(['(?, ?, ?, ?, ?, ?)'] * len(chunk))} {on_conflict}",
                 [value for row in chunk for value in row],
             )
 

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from runner_fs.dataframe import DataFrame, DataPoint
 from runner_fs.storage import get_storage
 from runner_fs.storage.postgresql import _MIGRATIONS
+from runner_fs.storage.sql import DAY_US, HOUR_US, QUARTER_US
 from runner_fs.storage.sqlite import SQLiteStorage
 
 from .test_backends import HOUR, T0, _frame, options, storage  # noqa: F401 (fixtures)
@@ -24,16 +25,21 @@ DAY = 24 * HOUR
 MINUTE = datetime.timedelta(minutes=1)
 ATTRIBUTES = ("flavor", "repository")
 
-# A point: minute from T0 (four days), type, qty, price, flavor, repository (None: absent).
+SECOND = datetime.timedelta(seconds=1)
+
+# A point: second from T0 (four days), type, qty, price, flavor, repository (None: absent).
 points = st.tuples(
-    st.integers(0, 4 * 24 * 60),
+    st.integers(0, 4 * 86400),
     st.sampled_from(["runner.job", "runner.idle", "runner.installation"]),
     quantities,
     prices,
     st.sampled_from(["small", "large", ""]),
     st.sampled_from(["o/a", "o/b", "é/ü", None]),
 )
-instants = st.integers(-60, 5 * 24 * 60).map(lambda minute: T0 + minute * MINUTE)
+# Any second, or a quarter hour (every zone's midnight is one), from an hour before T0.
+instants = st.one_of(
+    st.integers(-3600, 5 * 86400), st.integers(-4, 5 * 96).map(lambda quarter: quarter * 900)
+).map(lambda second: T0 + second * SECOND)
 filters = st.dictionaries(
     st.sampled_from(["type", *ATTRIBUTES]),
     st.lists(
@@ -55,9 +61,9 @@ deletions = st.tuples(
 )
 
 
-def _point_frame(minute, type_, qty, price, flavor, repository):
+def _point_frame(second, type_, qty, price, flavor, repository):
     groupby = {"flavor": flavor} | ({} if repository is None else {"repository": repository})
-    frame = DataFrame(T0 + minute * MINUTE, T0 + (minute + 5) * MINUTE)
+    frame = DataFrame(T0 + second * SECOND, T0 + (second + 300) * SECOND)
     frame.add_point(DataPoint("s", qty, price, groupby, {"runner_name": "r"}), type_)
     return frame
 
@@ -73,42 +79,100 @@ def _rows(result):
     return sorted(result["results"], key=repr)
 
 
+class Model:
+    """What the store holds and what its totals must be, as Decimal sums in Python."""
+
+    def __init__(self):
+        self.points = []  # (start, type, qty, price, attributes)
+
+    def push(self, second, type_, qty, price, flavor, repository):
+        attributes = {"flavor": flavor} | (
+            {} if repository is None else {"repository": repository}
+        )
+        self.points.append((T0 + second * SECOND, type_, qty, price, attributes))
+
+    @staticmethod
+    def _selected(point, low, high, where, metric_types=None):
+        start, type_, _, _, attributes = point
+        wanted = {**(where or {})}
+        return (
+            (low is None or start >= low)
+            and (high is None or start < high)
+            and metric_types in (None, type_)
+            and type_ in wanted.pop("type", [type_])
+            and all(attributes.get(key) in values for key, values in wanted.items())
+        )
+
+    def delete(self, low, high, where):
+        self.points = [p for p in self.points if not self._selected(p, low, high, where)]
+
+    def total(self, begin, end, groupby, filters, metric_types):
+        sums = {}
+        for point in self.points:
+            if self._selected(point, begin, end, filters, metric_types):
+                _, type_, qty, price, attributes = point
+                values = {"type": type_, **attributes}
+                key = tuple(values.get(name) for name in groupby)
+                qty_sum, price_sum = sums.get(key, (0, 0))
+                sums[key] = (qty_sum + qty, price_sum + price)
+        if not groupby and not sums:
+            sums[()] = (0, 0)
+        return sorted(
+            [
+                {"begin": begin, "end": end, "qty": float(qty), "rate": float(price)}
+                | dict(zip(groupby, key, strict=True))
+                for key, (qty, price) in sums.items()
+            ],
+            key=repr,
+        )
+
+
 @relaxed
 @given(
     st.lists(st.lists(points, max_size=15), min_size=1, max_size=4),
     st.lists(deletions, max_size=3),
     st.lists(queries, min_size=1, max_size=6),
 )
-def test_totals_from_rollups_equal_totals_from_points(
+def test_totals_of_windows_at_any_second_equal_a_decimal_model_and_the_points(
     new_storage, monkeypatch, pushes, deleted, asked
 ):
-    store = new_storage()
+    store, model = new_storage(), Model()
     for batch in pushes:
         store.push([_point_frame(*point) for point in batch])
+        for point in batch:
+            model.push(*point)
     for low, high, where in deleted:  # None: open
-        store.delete(*((high, low) if low and high and high < low else (low, high)), where)
+        bounds = (high, low) if low and high and high < low else (low, high)
+        store.delete(*bounds, where)
+        model.delete(*bounds, where)
 
     for begin, end, groupby, where, metric_types in asked:
-        query = {"begin": min(begin, end), "end": max(begin, end) + MINUTE, "groupby": groupby,
+        query = {"begin": min(begin, end), "end": max(begin, end) + SECOND, "groupby": groupby,
                  "filters": where, "metric_types": metric_types}  # fmt: skip
         assert store.rolled_up()
-        assert _rows(store.total(paginate=False, **query)) == _rows(
-            _from_points(store, monkeypatch, **query)
-        )
+        answer = _rows(store.total(paginate=False, **query))
+        assert answer == model.total(**query)
+        assert answer == _rows(_from_points(store, monkeypatch, **query))
 
 
-def test_whole_days_are_read_from_rollups_and_the_edges_from_points(storage):
-    storage.push([_frame(T0 + hour * HOUR, repository=f"o/{hour % 2}") for hour in range(72)])
-    # Points removed behind the rollups' back show which days are answered from rollups.
+def test_whole_quarter_hours_are_read_from_rollups_and_only_the_ends_from_points(storage):
+    # A point every 5 minutes for two days, alternating repositories.
+    storage.push(
+        [_frame(T0 + step * 5 * MINUTE, repository=f"o/{step % 2}") for step in range(576)]
+    )
+    # Points removed behind the rollups' back show what is answered from rollups.
     storage._execute("DELETE FROM points")
 
-    whole = storage.total(["repository"], T0, T0 + 2 * DAY)["results"]
-    edged = storage.total(["repository"], T0 - HOUR, T0 + 2 * DAY + HOUR)["results"]
-    partial = storage.total(["repository"], T0 + HOUR, T0 + 2 * HOUR)["results"]
+    def qty(begin, end):
+        rows = storage.total(["repository"], begin, end)["results"]
+        return [(row["repository"], row["qty"]) for row in rows]
 
-    assert [(row["repository"], row["qty"]) for row in whole] == [("o/0", 36.0), ("o/1", 36.0)]
-    assert [(row["repository"], row["qty"]) for row in edged] == [("o/0", 36.0), ("o/1", 36.0)]
-    assert partial == []
+    assert qty(T0, T0 + 2 * DAY) == [("o/0", 432.0), ("o/1", 432.0)]  # days
+    india = datetime.timezone(datetime.timedelta(hours=5, minutes=30))
+    local_day = datetime.datetime(2026, 3, 2, tzinfo=india)  # 18:30 UTC: days, hours, quarters
+    assert qty(local_day, local_day + DAY) == [("o/0", 216.0), ("o/1", 216.0)]
+    assert qty(T0 + 15 * MINUTE, T0 + 30 * MINUTE) == [("o/0", 1.5), ("o/1", 3.0)]
+    assert qty(T0 + 16 * MINUTE, T0 + 44 * MINUTE) == []  # within a quarter: points only
 
 
 def test_deleting_takes_points_out_of_the_rollups_and_drops_empty_cells(storage):
@@ -119,7 +183,8 @@ def test_deleting_takes_points_out_of_the_rollups_and_drops_empty_cells(storage)
 
     totals = storage.total(["flavor"], T0, T0 + 2 * DAY)["results"]
     assert [(row["flavor"], row["qty"]) for row in totals] == [("f0", 12.0), ("f2", 12.0)]
-    assert storage._execute("SELECT COUNT(*) FROM rollups").fetchone()[0] == 2
+    cells = storage._execute("SELECT span_us, COUNT(*) FROM rollups GROUP BY span_us").fetchall()
+    assert dict(cells) == {DAY_US: 2, HOUR_US: 16, QUARTER_US: 16}  # f0 and f2: 8 hours each
 
 
 @pytest.mark.parametrize(
@@ -176,7 +241,12 @@ def test_upgrading_a_version_2_sqlite_file_builds_its_rollups(tmp_path, monkeypa
     assert upgraded.rolled_up() is not irregular
     query = {"groupby": ["repository"], "begin": T0, "end": T0 + 2 * DAY}
     assert upgraded.total(paginate=False, **query) == _from_points(upgraded, monkeypatch, **query)
-    assert upgraded._execute("SELECT COUNT(*) FROM rollups").fetchone()[0] == 15 + irregular
+    cells = upgraded._execute("SELECT span_us, COUNT(*) FROM rollups GROUP BY span_us").fetchall()
+    assert dict(cells) == {
+        DAY_US: 15 + irregular,
+        HOUR_US: 60 + irregular,
+        QUARTER_US: 60 + irregular,
+    }
     upgraded.close()
 
 
@@ -252,4 +322,37 @@ def test_upgrading_a_version_3_store_stores_null_attributes_absent_and_rolls_up_
     groupbys = [point.groupby for frame in stored for _, point in frame.iterpoints()]
     assert sum("repository" not in groupby for groupby in groupbys) == 4
     assert None not in [groupby.get("repository", "absent") for groupby in groupbys]
+    upgraded.close()
+
+
+def test_upgrading_a_version_4_store_builds_quarter_hour_rollups(options, monkeypatch):
+    name, settings = options
+    old = get_storage(name, **settings)
+    old.push([_frame(T0 + step * 7 * MINUTE, repository=f"o/{step % 3}") for step in range(500)])
+    # The rollups table as version 4 had it: daily sums only.
+    old._execute("DROP TABLE rollups")
+    old._execute(
+        "CREATE TABLE rollups (day bigint NOT NULL, group_id bigint NOT NULL, qty_micro"
+        " bigint NOT NULL, price_nano bigint NOT NULL, points bigint NOT NULL,"
+        " PRIMARY KEY (day, group_id))"
+    )
+    old._execute("INSERT INTO rollups VALUES (20513, 1, 1, 1, 1)")
+    old._execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    old.close()
+
+    upgraded = get_storage(name, **settings)
+
+    assert upgraded.rolled_up()
+    nepal = datetime.timezone(datetime.timedelta(hours=5, minutes=45))
+    for begin, end in [
+        (T0, T0 + 3 * DAY),
+        (datetime.datetime(2026, 3, 2, tzinfo=nepal), datetime.datetime(2026, 3, 3, tzinfo=nepal)),
+        (T0 + 13 * HOUR + 7 * MINUTE, T0 + 2 * DAY + 9 * HOUR + 41 * MINUTE),
+    ]:
+        query = {"groupby": ["repository", "type"], "begin": begin, "end": end}
+        answer = upgraded.total(paginate=False, **query)
+        assert answer == _from_points(upgraded, monkeypatch, **query)
+        assert len(answer["results"]) == 3
+    spans = upgraded._execute("SELECT DISTINCT span_us FROM rollups ORDER BY 1").fetchall()
+    assert spans == [(QUARTER_US,), (HOUR_US,), (DAY_US,)]
     upgraded.close()
