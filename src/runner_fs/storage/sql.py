@@ -475,16 +475,19 @@ class SQLStorage(BaseStorage):
             return
         ids = self._ids_of({key[1:] for key in rollup.sums})
         buckets: dict[tuple[int, int, int], list[int]] = {}
-        for (start, *group), (qty, price, points) in rollup.sums.items():
-            number = ids[tuple(group)]
+        for key, (qty, price, points) in rollup.sums.items():  # in the hot path: kept lean
+            start, number = key[0], ids[key[1:]]
             for span in SPANS_US:
-                sums = buckets.setdefault((span, start - start % span, number), [0, 0, 0])
-                sums[0] += qty
-                sums[1] += price
-                sums[2] += points
+                bucket = (span, start - start % span, number)
+                sums = buckets.get(bucket)
+                if sums is None:
+                    buckets[bucket] = [sign * qty, sign * price, sign * points]
+                else:
+                    sums[0] += sign * qty
+                    sums[1] += sign * price
+                    sums[2] += sign * points
         rows = sorted(  # so concurrent writers lock rows in one order
-            (*bucket, sign * qty, sign * price, sign * points)
-            for bucket, (qty, price, points) in buckets.items()
+            [(*bucket, *sums) for bucket, sums in buckets.items()]
         )
         add = ", ".join(f"{name} = rollups.{name} + excluded.{name}"
                         for name in ("qty_micro", "price_nano", "points"))  # fmt: skip
