@@ -29,20 +29,23 @@ from pathlib import Path
 from runner_fs.metrics import runner as files
 from runner_fs.shared_fs import SharedFilesystemManager, purge
 
-NOW = time.time()
-
 
 def setup(base: Path, n: int) -> None:
-    """Create N finished runners' filesystems (not timed)."""
+    """Create N finished runners' filesystems (not timed).
+
+    Their times lie within what the harvest accepts: from 600 s (the clock skew allowed)
+    before each filesystem was created.
+    """
     manager = SharedFilesystemManager(base, size="1M", flavor="small")
     for index in range(n):
         path = manager.create(f"bench-{index}").path
-        (path / files.INSTALLATION_START_FILE).write_text(f"{NOW - 600}")
-        (path / files.INSTALLED_FILE).write_text(f"{NOW - 560}")
-        pre = {"timestamp": NOW - 500, "workflow": "ci", "workflow_run_id": str(index),
+        created = time.time()
+        (path / files.INSTALLATION_START_FILE).write_text(f"{created - 500}")
+        (path / files.INSTALLED_FILE).write_text(f"{created - 460}")
+        pre = {"timestamp": created - 400, "workflow": "ci", "workflow_run_id": str(index),
                "repository": f"acme/repo-{index % 40}", "event": "push"}  # fmt: skip
         (path / files.PRE_JOB_FILE).write_text(json.dumps(pre))
-        post = {"timestamp": NOW - 100, "status": "normal", "status_info": None}
+        post = {"timestamp": created - 100, "status": "normal", "status_info": None}
         (path / files.POST_JOB_FILE).write_text(json.dumps(post))
 
 

@@ -273,7 +273,8 @@ def bench_push_before_after(before: SQLStorage, after: SQLStorage, n: int) -> li
     """Return rows (shape, points/s after, points/s before), pushes alternated on two stores."""
     rows = []
     shapes = (
-        ("benchmark: push() of 1000 points", lambda s, b: s.push(_frames(b)), list(_batches(n))),
+        ("benchmark: push() of 1000 points", lambda s, b: s.push(b),
+         [_frames(batch) for batch in _batches(n)]),
         ("harvest: push_many() of 256 runners", lambda s, b: s.push_many(b),
          list(_harvests(max(1, n // 768)))),
     )  # fmt: skip
@@ -281,7 +282,7 @@ def bench_push_before_after(before: SQLStorage, after: SQLStorage, n: int) -> li
         spent = {"after": 0.0, "before": 0.0}
         points = 0
         for batch in batches:
-            points += 3 * len(batch) if name.startswith("harvest") else len(batch)
+            points += len(batch) * (3 if name.startswith("harvest") else 1)
             start = time.perf_counter()
             push(after, batch)
             spent["after"] += time.perf_counter() - start

@@ -30,8 +30,9 @@ rm -rf "$venv"
 mkdir -p "$site"
 requirements=$(mktemp)
 trap 'rm -f "$requirements"' EXIT
-# The lock, less the project itself (src/ is copied as it is) and the dev groups.
-uv export --project "$project" --frozen --no-dev --no-emit-project \
+# The lock's pins of the project's dependencies and the charm group, less the project itself
+# (src/ is copied as it is).
+uv export --project "$project" --frozen --no-default-groups --group charm --no-emit-project \
   --format requirements-txt --quiet --output-file "$requirements"
 # Wheels only, each for the base's CPython and glibc; charmhelpers ships an sdist only,
 # which builds to a pure-Python wheel. Bytecode is left to the base's own interpreter.
@@ -46,7 +47,9 @@ implementation = CPython
 version_info = $python
 include-system-site-packages = false
 CFG
-cp --archive --recursive "$project/src" "$project/lib" "$install/"
+mkdir -p "$install/lib"
+cp --archive --recursive "$project/src" "$install/"
+cp --archive --recursive "$project/lib/charms" "$install/lib/"
 find "$install/src" "$install/lib" -name __pycache__ -prune -exec rm -rf {} +
 version=$(sed -nE 's/^__version__ = "(.*)"$/\1/p' "$project/src/runner_fs/__init__.py")
 echo "$version+$(date -u +%Y%m%d%H%M%S)" > "$install/version"

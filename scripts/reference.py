@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write docs/reference.md from charmcraft.yaml, so the reference cannot drift from the charm.
+"""Write docs/reference/charm.md from charmcraft.yaml, so the reference cannot drift from the charm.
 
 Run:  python scripts/reference.py          (a test checks the committed file is current)
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-TARGET = REPO / "docs" / "reference.md"
+TARGET = REPO / "docs" / "reference" / "charm.md"
 
 
 def render(project: dict) -> str:
@@ -51,7 +51,7 @@ def main() -> None:
     """Write the reference page (or, with --check, fail when it is out of date)."""
     text = render(yaml.safe_load((REPO / "charmcraft.yaml").read_text()))
     if "--check" in sys.argv:
-        sys.exit(0 if TARGET.read_text() == text else "docs/reference.md is out of date")
+        sys.exit(0 if TARGET.read_text() == text else "docs/reference/charm.md is out of date")
     TARGET.write_text(text)
 
 

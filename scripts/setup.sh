@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Install what runner-fs needs on a fresh Debian or Ubuntu host (as root) into ./.venv.
-#   scripts/setup.sh          the command line and its core (enough for the demo)
-#   scripts/setup.sh test     also the test tools, CloudKitty, PostgreSQL and Prometheus
+# Install what runner-fs needs on a fresh Debian or Ubuntu host (as root).
+#   scripts/setup.sh          ./.venv with the runner-fs distribution (enough for the demo)
+#   scripts/setup.sh test     also PostgreSQL, Prometheus and logrotate for the tests, tox with
+#                             tox-uv in ./.venv-tox, and ./.venv synced from uv.lock with every
+#                             dependency group (the charm's, the tests', the tools')
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-run}
@@ -12,6 +14,8 @@ for tool in mkfs.ext4:e2fsprogs e2fsck:e2fsprogs losetup:mount; do
 done
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ "$mode" = test ]; then
+  # tox runs on the system Python, so that the unprivileged unit run can use it too.
+  /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
   # The PostgreSQL backend's tests start a throw-away server of their own (never the system one).
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
   # promtool checks the alert rules and dashboard; a throw-away Prometheus scrapes the exporter.
@@ -23,10 +27,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
-[ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
 if [ "$mode" = test ]; then
-  .venv/bin/python -m pip install -q -e '.[test,lint,cloudkitty]'
+  [ -x .venv-tox/bin/tox ] || /usr/bin/python3 -m venv .venv-tox
+  .venv-tox/bin/python -m pip install -q --upgrade "tox>=4.20" "tox-uv>=1.11"
+  .venv-tox/bin/uv sync --locked --all-groups --quiet
 else
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e .
 fi

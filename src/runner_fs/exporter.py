@@ -216,5 +216,6 @@ def serve(config: HostConfig, address: str, port: int, interval: float) -> None:
     with make_server(
         address, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler
     ) as server:
-        print(f"serving metrics on http://{address}:{port}/metrics", file=sys.stderr, flush=True)
+        bound = server.server_port  # the one the kernel picked, for port 0
+        print(f"serving metrics on http://{address}:{bound}/metrics", file=sys.stderr, flush=True)
         server.serve_forever()

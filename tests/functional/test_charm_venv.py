@@ -93,8 +93,8 @@ def carried(charm: Path) -> dict[str, str]:
 def locked(python: tuple[int, int]) -> dict[str, str]:
     """Return what uv.lock pins for the charm on Linux with CPython `python`."""
     exported = subprocess.run(
-        [PACK_VENV / "bin/uv", "export", "--project", REPO, "--frozen", "--no-dev",
-         "--no-emit-project", "--no-hashes", "--format", "requirements-txt"],
+        [PACK_VENV / "bin/uv", "export", "--project", REPO, "--frozen", "--no-default-groups",
+         "--group", "charm", "--no-emit-project", "--no-hashes", "--format", "requirements-txt"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     environment = {"python_version": f"{python[0]}.{python[1]}", "sys_platform": "linux",

@@ -17,8 +17,10 @@ import shutil
 import pytest
 
 jubilant = pytest.importorskip("jubilant", reason="jubilant is not installed")
-if shutil.which("juju") is None or not os.environ.get("CHARM_PATH"):
-    pytest.skip("needs juju and CHARM_PATH (a packed charm)", allow_module_level=True)
+pytestmark = pytest.mark.skipif(
+    shutil.which("juju") is None or not os.environ.get("CHARM_PATH"),
+    reason="needs juju and CHARM_PATH (a packed charm)",
+)
 
 APP = "runner-fs"
 UNIT = f"{APP}/0"

@@ -8,13 +8,9 @@ import json
 import lzma
 import os
 import re
-import shutil
 import stat
-import subprocess
 from pathlib import Path
 
-import ops
-import psycopg
 import pydantic
 import pytest
 from ops import testing
@@ -27,7 +23,6 @@ from database import Login, split_endpoint
 from runner_fs import host
 from runner_fs.dataframe import DataFrame, DataPoint
 from runner_fs.storage import get_storage
-from tests.postgres import has_ipv6_loopback, make_ca
 
 UNIT_NAME = "runner-fs/0"
 
@@ -476,156 +471,6 @@ def test_the_leader_asks_for_a_database_and_waits_for_credentials(ctx, root):
     )
 
 
-@pytest.mark.parametrize("in_secret", [True, False])
-def test_credentials_go_into_the_host_config_only(ctx, root, postgres_server, in_secret):
-    relation, secret, _ = _database(
-        postgres_server, f"charm_login_{in_secret}", in_secret=in_secret
-    )
-    state = testing.State(config=POSTGRESQL, relations=[relation], secrets=[secret])
-
-    out = ctx.run(ctx.on.relation_changed(relation), state)
-    ctx.run(ctx.on.action("report"), out)
-
-    assert out.unit_status.name == "active", out.unit_status
-    config = root / "etc/runner-fs/config.yaml"
-    assert stat.S_IMODE(config.stat().st_mode) == 0o600
-    settings = _rendered(root)
-    assert settings["storage-backend"] == "postgresql"
-    assert postgres_server.password in settings["storage-options"]["dsn"]
-    said = json.dumps(ctx.action_results) + "".join(line.message for line in ctx.juju_log)
-    assert postgres_server.password not in said
-
-
-def test_switching_to_postgresql_moves_local_metrics_exactly_once(ctx, root, postgres_server):
-    local = get_storage("sqlite", path=root / "var/lib/runner-fs/metrics.db")
-    day = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None).date()
-    day = datetime.datetime.combine(day, datetime.time()) - datetime.timedelta(days=1)
-    frames = []
-    for hour in range(5):  # within the retention period: the pass keeps them
-        start = day + datetime.timedelta(hours=hour)
-        frame = DataFrame(start, start + datetime.timedelta(minutes=30))
-        frame.add_point(DataPoint("s", 1800, 0, {"unit": UNIT_NAME}, {}), "runner.job")
-        frames.append(frame)
-    assert local.push_once("runner-fs/0/r1/uuid", frames)
-    local.close()
-    relation, secret, _ = _database(postgres_server, "charm_switch")
-    state = testing.State(config=POSTGRESQL, relations=[relation], secrets=[secret])
-
-    out = ctx.run(ctx.on.config_changed(), state)
-    assert (root / "var/lib/runner-fs/metrics.db").exists()  # hooks never wait on storage
-    ctx.run(ctx.on.action("reconcile"), out)  # a pass, as the timer's service runs it
-    ctx.run(ctx.on.action("reconcile"), out)
-
-    fleet = get_storage("postgresql", dsn=_rendered(root)["storage-options"]["dsn"])
-    assert fleet.retrieve(day, day + datetime.timedelta(days=1))["total"] == 5
-    assert not fleet.push_once("runner-fs/0/r1/uuid", frames)
-    assert not (root / "var/lib/runner-fs/metrics.db").exists()
-    fleet.close()
-
-
-def test_an_unreachable_postgresql_keeps_the_local_store_and_filesystems_waiting(
-    ctx, root, postgres_server
-):
-    get_storage("sqlite", path=root / "var/lib/runner-fs/metrics.db").close()  # not moved yet
-    relation, secret, _ = _database(postgres_server, "charm_unreachable", port=1)
-    state = testing.State(config=POSTGRESQL, relations=[relation], secrets=[secret])
-
-    out = ctx.run(ctx.on.relation_changed(relation), state)
-    with pytest.raises(testing.ActionFailed, match="Connection refused"):
-        ctx.run(ctx.on.action("reconcile"), out)  # a pass: it records why it failed
-    out = ctx.run(ctx.on.update_status(), out)
-
-    assert isinstance(out.unit_status, testing.WaitingStatus)
-    assert out.unit_status.message.startswith(
-        "postgresql unreachable, filesystems wait for it: initialising postgresql://"
-    )
-    assert _rendered(root)["storage-backend"] == "postgresql"
-    assert (root / "var/lib/runner-fs/metrics.db").exists()
-
-
-def test_a_removed_relation_blocks_again(ctx, root, postgres_server):
-    relation, secret, _ = _database(postgres_server, "charm_broken")
-    state = testing.State(config=POSTGRESQL, relations=[relation], secrets=[secret])
-    ctx.run(ctx.on.relation_changed(relation), state)
-
-    out = ctx.run(ctx.on.relation_broken(relation), state)
-
-    assert isinstance(out.unit_status, testing.BlockedStatus)
-    assert _rendered(root)["storage-backend"] == "sqlite"
-
-
-def _connected_over_tls(dsn: str) -> bool:
-    with psycopg.connect(dsn) as db:
-        return db.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()[0]
-
-
-@pytest.mark.parametrize("in_secret", [True, False])
-def test_tls_offered_with_a_ca_is_required_and_verified(ctx, root, postgres_server, in_secret):
-    relation, _, secrets = _database(postgres_server, f"charm_tls_{in_secret}",
-                                     in_secret=in_secret, tls="True",
-                                     **{"tls-ca": postgres_server.ca_pem})  # fmt: skip
-
-    out = ctx.run(
-        ctx.on.relation_changed(relation),
-        testing.State(config=POSTGRESQL, relations=[relation], secrets=secrets),
-    )
-
-    assert out.unit_status.name == "active", out.unit_status
-    dsn = _rendered(root)["storage-options"]["dsn"]
-    ca = root / "etc/runner-fs/postgresql-ca.pem"
-    assert f"sslmode=verify-full&sslrootcert={ca}" in dsn.replace("%2F", "/")
-    assert ca.read_text() == postgres_server.ca_pem
-    assert stat.S_IMODE(ca.stat().st_mode) == 0o600
-    assert _connected_over_tls(dsn)
-
-
-def test_a_server_certificate_from_another_ca_is_refused(ctx, root, postgres_server, tmp_path):
-    other_ca, _ = make_ca(tmp_path, "impostor-ca")
-    relation, _, secrets = _database(postgres_server, "charm_tls_impostor", tls="True",
-                                     **{"tls-ca": other_ca.read_text()})  # fmt: skip
-
-    state = testing.State(config=POSTGRESQL, relations=[relation], secrets=secrets)
-    out = ctx.run(ctx.on.relation_changed(relation), state)
-
-    with pytest.raises(testing.ActionFailed, match="certificate verify failed"):
-        ctx.run(ctx.on.action("reconcile"), out)
-    out = ctx.run(ctx.on.update_status(), out)
-    assert isinstance(out.unit_status, testing.WaitingStatus)
-    assert "initialising postgresql://runner_fs_test@127.0.0.1" in out.unit_status.message
-
-
-def test_uris_from_the_provider_are_used_as_given(ctx, root, postgres_server):
-    uri = postgres_server.dsn("charm_uris")
-    relation, _, secrets = _database(
-        postgres_server, "charm_uris", uris=uri, endpoints="nowhere:1"
-    )
-
-    out = ctx.run(
-        ctx.on.relation_changed(relation),
-        testing.State(config=POSTGRESQL, relations=[relation], secrets=secrets),
-    )
-    ctx.run(ctx.on.action("reconcile"), out)  # a pass reaches it
-
-    assert ctx.action_results["errors"] == 0
-    assert _rendered(root)["storage-options"]["dsn"] == uri
-
-
-@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback here")
-def test_an_ipv6_endpoint_is_reached(ctx, root, postgres_server):
-    relation, _, secrets = _database(
-        postgres_server, "charm_ipv6", endpoints=f"[::1]:{postgres_server.port}"
-    )
-
-    out = ctx.run(
-        ctx.on.relation_changed(relation),
-        testing.State(config=POSTGRESQL, relations=[relation], secrets=secrets),
-    )
-    ctx.run(ctx.on.action("reconcile"), out)  # a pass reaches it
-
-    assert ctx.action_results["errors"] == 0
-    assert f"@[::1]:{postgres_server.port}/" in _rendered(root)["storage-options"]["dsn"]
-
-
 @pytest.mark.parametrize(
     ("endpoint", "expected"),
     [("10.0.0.5:5433", ("10.0.0.5", 5433)), ("db.internal", ("db.internal", 5432)),
@@ -641,20 +486,6 @@ def test_a_non_numeric_port_is_named():
         split_endpoint("db:http")
 
 
-def test_the_login_secret_is_read_once_per_hook(ctx, root, postgres_server, monkeypatch):
-    relation, _, secrets = _database(postgres_server, "charm_once")
-    reads = []
-    real = ops.Model.get_secret
-    monkeypatch.setattr(ops.Model, "get_secret", lambda *a, **k: reads.append(k) or real(*a, **k))
-
-    ctx.run(
-        ctx.on.relation_changed(relation),
-        testing.State(config=POSTGRESQL, relations=[relation], secrets=secrets),
-    )
-
-    assert len(reads) == 1
-
-
 def test_with_nrpe_related_the_check_plugin_is_installed_and_goes_with_it(ctx, root):
     nrpe = testing.SubordinateRelation("nrpe-external-master", remote_app_name="nrpe")
     state = testing.State(config=VALID, relations=[nrpe])
@@ -666,17 +497,6 @@ def test_with_nrpe_related_the_check_plugin_is_installed_and_goes_with_it(ctx, r
 
     assert 'exec /usr/local/bin/runner-fs check "$@"' in installed
     assert not plugin.exists()
-
-
-def test_upgrade_with_postgresql_down_never_waits_on_it_in_the_hook(ctx, root, postgres_server):
-    relation, _, secrets = _database(postgres_server, "charm_upgrade_down", port=1)
-    state = testing.State(config=POSTGRESQL, relations=[relation], secrets=secrets)
-
-    out = ctx.run(ctx.on.upgrade_charm(), state)  # the schema is upgraded by the next pass
-
-    assert out.unit_status.name == "active", out.unit_status
-    assert "start --no-block runner-fs-reconcile.service" in systemctl_calls(root)
-    assert _rendered(root)["storage-backend"] == "postgresql"
 
 
 def test_cos_agent_gets_the_scrape_job_rules_and_dashboard_a_collector_decodes(ctx, root):
@@ -754,34 +574,10 @@ def test_a_bad_metrics_port_is_blocked_naming_it(ctx, root):
     assert out.unit_status.message.startswith("invalid config: metrics-port=0")
 
 
-def test_events_are_logged_as_json_under_var_log_and_rotated(ctx, root):
-    ctx.run(ctx.on.install(), testing.State(config=VALID))
-
-    settings = json.loads((root / "etc/runner-fs/config.yaml").read_text().split("\n", 1)[1])
-    rotate = (root / "etc/logrotate.d/runner-fs").read_text()
-
-    assert settings["event-log"] == f"{root}/var/log/runner-fs/runner-fs.log"
-    assert (
-        rotate.startswith("# Rendered by the runner-fs charm") and "create 0640 root adm" in rotate
-    )
-    assert f"{root}/var/log/runner-fs/runner-fs.log {{" in rotate
-    logrotate = shutil.which("logrotate") or shutil.which("logrotate", path="/usr/sbin")
-    if logrotate is None:
-        assert os.environ.get("RUNNER_FS_REQUIRE_FUNCTIONAL") != "1", "logrotate is missing"
-        pytest.skip("logrotate is not installed")
-    checked = subprocess.run(  # --debug reads and checks the file, rotates nothing
-        [logrotate, "--debug", "--state", str(root / "logrotate.state"),
-         str(root / "etc/logrotate.d/runner-fs")],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert checked.returncode == 0, checked.stderr
-    assert "error" not in checked.stderr.lower(), checked.stderr
-
-
 def _documented_statuses() -> list[tuple[str, re.Pattern]]:
-    """Return README's status table: each status name and its message as a pattern."""
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    rows = re.findall(r"^\| (Active|Waiting|Blocked|Maintenance) \| `([^`]+)`", readme, re.M)
+    """Return the statuses reference: each status name and its message as a pattern."""
+    page = (Path(__file__).resolve().parents[2] / "docs/reference/statuses.md").read_text()
+    rows = re.findall(r"^\| (Active|Waiting|Blocked|Maintenance) \| `([^`]+)`", page, re.M)
     placeholders = r"\.\.\.|\b(?:N|TIME|REASON|OPTION|VALUE|RULE|UNIT)\b"
     return [
         (name.lower(), re.compile(".*".join(map(re.escape, re.split(placeholders, text)))))
@@ -789,7 +585,7 @@ def _documented_statuses() -> list[tuple[str, re.Pattern]]:
     ]
 
 
-def test_every_status_the_charm_sets_is_documented_in_the_readme(ctx, root, monkeypatch):
+def test_every_status_the_charm_sets_is_in_the_statuses_reference(ctx, root, monkeypatch):
     now = datetime.datetime.now(datetime.timezone.utc).isoformat()
     record = {"ended": now, "errors": 1, "problem": "storage failed: x", "last_success": now}
     relation = testing.Relation("database", remote_app_name="postgresql")
@@ -827,52 +623,6 @@ def _judged(root) -> dict:
     return conninfo_to_dict(_rendered(root)["storage-options"]["dsn"])
 
 
-@pytest.mark.parametrize(
-    ("answer", "login", "expected"),
-    [
-        pytest.param(  # uris in the login secret, several hosts: used whole
-            {"endpoints": "h1:5432,h2:5432", "database": "fleet"},
-            {"uris": "postgresql://op:p%40ss@h1,h2:5432/fleet"},
-            {"host": "h1,h2", "port": ",5432", "dbname": "fleet", "user": "op",  # h1: default port
-             "password": "p@ss"},
-            id="uris-multi-host",
-        ),
-        pytest.param(  # endpoints only, several hosts and ports: one multi-host URI
-            {"endpoints": "10.0.0.1:5432,10.0.0.2:5433,[fd00::3]:5434", "database": "fleet"},
-            {},
-            {"host": "10.0.0.1,10.0.0.2,fd00::3", "port": "5432,5433,5434", "dbname": "fleet",
-             "user": "runner_fs_test", "target_session_attrs": "read-write"},
-            id="endpoints-multi-host",
-        ),
-        pytest.param(
-            {"endpoints": "10.0.0.1:5432", "database": "fleet"},
-            {},
-            {"host": "10.0.0.1", "port": "5432", "dbname": "fleet", "user": "runner_fs_test"},
-            id="endpoints-one-host",
-        ),
-    ],
-)  # fmt: skip
-def test_the_dsn_libpq_reads_names_every_published_host_user_and_database(
-    ctx, root, postgres_server, answer, login, expected
-):
-    secret = testing.Secret(
-        tracked_content={"username": "runner_fs_test", "password": "pw", **login}
-    )
-    relation = testing.Relation(
-        "database", remote_app_name="postgresql",
-        remote_app_data={**answer, "secret-user": secret.id, "version": "16.6"},
-    )  # fmt: skip
-
-    ctx.run(
-        ctx.on.relation_changed(relation),
-        testing.State(config=POSTGRESQL, relations=[relation], secrets=[secret]),
-    )
-
-    judged = _judged(root)
-    assert {key: judged.get(key) for key in expected} == expected
-    assert judged["password"] == expected.get("password", "pw")
-
-
 def test_credentials_in_the_databag_of_older_providers_are_read(ctx, root):
     relation = testing.Relation(
         "database", remote_app_name="postgresql",
@@ -904,17 +654,3 @@ def test_tls_in_the_tls_secret_is_verified_against_the_published_ca(ctx, root):
     judged = _judged(root)
     assert (judged["sslmode"], judged["host"]) == ("verify-full", "h1,h2")
     assert judged["sslrootcert"] == str(root / "etc/runner-fs/postgresql-ca.pem")
-
-
-def test_a_multi_host_dsn_reaches_the_host_that_answers(ctx, root, postgres_server):
-    relation, _, secrets = _database(
-        postgres_server, "charm_multi_host",
-        endpoints=f"127.0.0.1:1,127.0.0.1:{postgres_server.port}",  # the first refuses
-    )  # fmt: skip
-    state = testing.State(config=POSTGRESQL, relations=[relation], secrets=secrets)
-
-    out = ctx.run(ctx.on.relation_changed(relation), state)
-    ctx.run(ctx.on.action("reconcile"), out)
-
-    assert ctx.action_results["errors"] == 0
-    assert _judged(root)["port"] == f"1,{postgres_server.port}"

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from charm_state import CharmConfig, CharmState
-from machine import SYSTEMD_DIR, TIMER, Machine
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = yaml.safe_load((REPO / "charmcraft.yaml").read_text())
@@ -64,25 +60,3 @@ def test_the_reference_page_is_generated_from_charmcraft_yaml():
     )  # fmt: skip
 
     assert result.returncode == 0, result.stderr
-
-
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
-def test_the_rendered_timer_passes_systemd_analyze_verify(tmp_path, monkeypatch):
-    systemctl = tmp_path / "usr/bin/systemctl"
-    systemctl.parent.mkdir(parents=True)
-    systemctl.write_text("#!/bin/sh\n")
-    systemctl.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{systemctl.parent}:{os.environ['PATH']}")
-    machine = Machine(tmp_path)
-    config = CharmConfig(filesystem_owner="root")
-    state = CharmState.from_config(config, "runner-fs/0", machine.base_dir)
-    machine.converge(state, "runner-fs/0", tmp_path / "charm")
-
-    units = tmp_path / SYSTEMD_DIR.relative_to("/")
-
-    result = subprocess.run(  # the services (they run the wrapper) by the packed charm's test
-        ["systemd-analyze", "verify", str(units / TIMER)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-
-    assert result.returncode == 0, result.stdout + result.stderr

@@ -496,7 +496,7 @@ class SQLStorage(BaseStorage):
         )
         if sign < 0:
             starts = [row[1] for row in rows]
-            where, args = self._rollups_where([(None, min(starts), max(starts) + 1)], [], {})
+            where, args = self._rollups_where(None, min(starts), max(starts) + 1, [], {})
             self._execute(f"DELETE FROM rollups AS r WHERE {where} AND r.points = 0", args)
 
     def _ids_of(self, groups: set[tuple]) -> dict[tuple, int]:
@@ -627,7 +627,7 @@ class SQLStorage(BaseStorage):
         first = None if begin_us is None else -(-begin_us // DAY_US) * DAY_US
         last = None if end_us is None else end_us // DAY_US * DAY_US
         if set(attributes) <= set(ROLLUP_KEYS) and (first is None or last is None or first < last):
-            where, args = self._rollups_where([(None, first, last)], types, attributes)
+            where, args = self._rollups_where(None, first, last, types, attributes)
             self._execute(f"DELETE FROM rollups AS r WHERE {where}", args)
             edges = [(begin_us, first)] if first is not None and begin_us is not None else []
             if last is not None and end_us is not None:
@@ -822,10 +822,18 @@ class SQLStorage(BaseStorage):
         attributes: dict[str, list[str]],
     ) -> list[tuple]:
         """Return rows like `_sum_points` for bucket ranges (span, first start, end start)."""
-        where, args = self._rollups_where(buckets, types, attributes)
+        # One indexed range scan per span, added up once: an OR of the ranges costs SQLite a
+        # de-duplication of every row read (1.8x at 1M points).
+        ranges, args = [], []
+        for span, low, high in buckets:
+            where, range_args = self._rollups_where(span, low, high, types, attributes)
+            ranges.append(
+                f"SELECT r.group_id, r.qty_micro, r.price_nano FROM rollups AS r WHERE {where}"
+            )
+            args += range_args
         rows = self._execute(
-            "SELECT r.group_id, SUM(r.qty_micro), SUM(r.price_nano) FROM rollups AS r"
-            f" WHERE {where} GROUP BY r.group_id",
+            "SELECT b.group_id, SUM(b.qty_micro), SUM(b.price_nano)"
+            f" FROM ({' UNION ALL '.join(ranges)}) AS b GROUP BY b.group_id",
             args,
         ).fetchall()
         groups = self._groups_of(row[0] for row in rows)
@@ -838,41 +846,35 @@ class SQLStorage(BaseStorage):
 
     def _rollups_where(
         self,
-        buckets: Iterable[tuple[int | None, int | None, int | None]],
+        span: int | None,
+        low: int | None,
+        high: int | None,
         types: list[str] | None,
         attributes: dict[str, list[str]],
     ) -> tuple[str, list]:
-        """Return the condition on rollups `r` in bucket ranges and a selection.
+        """Return the condition on rollups `r` of `span` starting in [low, high), selected.
 
-        Args:
-            buckets: (span, first start, end start); a None span is every span, a None start
-                unbounded.
-            types: as `_selection` returns them.
-            attributes: as `_selection` returns them.
+        A None span is every span; a None bound is unbounded. `types` and `attributes` are as
+        `_selection` returns them.
         """
         if types is None:
             return "1 = 0", []
         mark = self.MARK
-        ranges, args = [], []
-        for span, low, high in buckets:
-            spans = SPANS_US if span is None else (span,)
-            clauses, range_args = self._range("r.start_us", low, high)
-            ranges.append(
-                f"(r.span_us IN ({', '.join([mark] * len(spans))}) AND {' AND '.join(clauses)})"
-            )
-            args += [*spans, *range_args]
+        spans = SPANS_US if span is None else (span,)
+        clauses, args = self._range("r.start_us", low, high)
+        clauses.append(f"r.span_us IN ({', '.join([mark] * len(spans))})")
+        args = [*args, *spans]
         kinds = [("type", types)] if types else []
         kinds += [(key, ["=" + value for value in values]) for key, values in attributes.items()]
-        within = ""
         if kinds:
             wanted_groups = " AND ".join(
                 f"g.{name} IN ({', '.join([mark] * len(wanted))})" for name, wanted in kinds
             )
-            within = (
-                f" AND r.group_id IN (SELECT g.id FROM rollup_groups AS g WHERE {wanted_groups})"
+            clauses.append(
+                f"r.group_id IN (SELECT g.id FROM rollup_groups AS g WHERE {wanted_groups})"
             )
             args += [value for _, wanted in kinds for value in wanted]
-        return f"({' OR '.join(ranges)}){within}", args
+        return " AND ".join(clauses), args
 
 
 def _window(

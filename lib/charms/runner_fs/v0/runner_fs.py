@@ -10,9 +10,17 @@ github-runner-manager's contract that drives runner-fs's command line.
 
 ## Getting it
 
-    charmcraft fetch-lib charms.runner_fs.v0.runner_fs
+The library is the distribution `runner-fs-lib` in this repository's `lib/` directory (not on
+Charmhub: it no longer registers new libraries, so `charmcraft fetch-lib` cannot serve it).
+Pin it at a release tag in the provisioner charm's requirements:
 
-It needs only the standard library and `ops`.
+    runner-fs-lib @ git+https://github.com/canonical/runner-fs@v0.1.0#subdirectory=lib
+
+or build its wheel from a checkout and ship that:
+
+    pip wheel --no-deps --wheel-dir dist ./lib
+
+Its version is LIBAPI.LIBPATCH (below); it needs only the standard library and `ops`.
 
 ## Using it
 
@@ -98,8 +106,8 @@ LIBID = "5f3c2b8e9d7a4c61b0e2f4a6d8c0e1f3"
 # Increment this major API version when introducing breaking changes
 LIBAPI = 0
 
-# Increment this PATCH version before using `charmcraft publish-lib` or reset
-# to 0 if you are raising the major API version
+# Increment this PATCH version with every release of the library (and lib/pyproject.toml's
+# version with it), or reset to 0 if you are raising the major API version
 LIBPATCH = 1
 
 PYDEPS: list[str] = []

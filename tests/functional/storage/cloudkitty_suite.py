@@ -6,7 +6,8 @@ file and on the PostgreSQL database named by `RUNNER_FS_CLOUDKITTY_DSN`. Run in 
 process (`test_cloudkitty_suite.py` does): importing CloudKitty's test helpers brings in
 eventlet, which hooks every later fork of the process.
 
-Run, with RUNNER_FS_CLOUDKITTY_DSN set:  python -m unittest tests.unit.storage.cloudkitty_suite
+Run, with RUNNER_FS_CLOUDKITTY_DSN set:
+    python -m unittest tests.functional.storage.cloudkitty_suite
 """
 
 from __future__ import annotations

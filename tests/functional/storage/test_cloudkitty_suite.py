@@ -22,7 +22,7 @@ def test_cloudkitty_storage_unit_tests_pass_on_both_backends(postgres_dsn):
 
     run = subprocess.run(
         [sys.executable, "-W", "ignore", "-m", "unittest", "-v",
-         "tests.unit.storage.cloudkitty_suite"],
+         "tests.functional.storage.cloudkitty_suite"],
         cwd=ROOT, env={**os.environ, "RUNNER_FS_CLOUDKITTY_DSN": postgres_dsn},
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Run `tox -e unit` as it must pass anywhere: as an unprivileged user (nobody), with no
+# PostgreSQL server and no promtool, prometheus, logrotate or systemd-analyze, from a copy of
+# the work tree that user owns. As root: the tools are hidden in a private mount namespace.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+git -C "$repo" ls-files -z --cached --others --exclude-standard \
+  | (cd "$repo" && xargs -0 cp --parents --target-directory "$work")
+mkdir "$work/home"
+chown -R nobody:nogroup "$work"
+chmod 755 "$work"
+hide='for path in /usr/lib/postgresql /usr/bin/promtool /usr/bin/prometheus /usr/sbin/logrotate
+        /usr/bin/systemd-analyze; do
+  if [ -d "$path" ]; then mount -t tmpfs none "$path"
+  elif [ -e "$path" ]; then mount --bind /dev/null "$path"; fi
+done'
+cd "$work"
+unshare --mount -- sh -c "$hide"'
+exec setpriv --reuid=nobody --regid=nogroup --clear-groups \
+  env HOME="$1/home" PATH=/usr/bin:/bin "$2/.venv-tox/bin/tox" run -e unit' sh "$work" "$repo"
