@@ -31,7 +31,7 @@ if [ "$mode" = test ]; then
   [ -x .venv-tox/bin/tox ] || /usr/bin/python3 -m venv .venv-tox
   .venv-tox/bin/python -m pip install -q --upgrade "tox>=4.20" "tox-uv>=1.11"
   .venv-tox/bin/uv sync --locked --all-groups --quiet
-else
+elif [ ! -x .venv/bin/runner-fs ]; then  # (`setup.sh test` made it already, from the lock)
   [ -x .venv/bin/python ] || python3 -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e .

@@ -18,7 +18,7 @@ import ipaddress
 import json
 import logging
 from collections.abc import Mapping
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
 import ops
 
@@ -122,7 +122,9 @@ class DatabaseRequirer(ops.Object):
         uri = user.get("uris", "").strip() or self._uri(answer, user)
         if not uri:
             return None
-        if urlsplit(uri).scheme not in ("postgresql", "postgres"):
+        # Not urlsplit: where Python checks bracketed hosts (Ubuntu's 3.10 and 3.12, Debian's
+        # 3.11), a multi-host netloc with an IPv6 host is refused as an invalid URL.
+        if uri.partition("://")[0].lower() not in ("postgresql", "postgres"):
             logger.error("the database answered a URI that is not postgresql://; ignored")
             return None
         return Login(uri, tls.get("tls", "").lower() == "true", tls.get("tls-ca") or None)

@@ -117,6 +117,15 @@ def test_every_packed_charm_carries_a_venv_for_its_bases_python_and_glibc(packed
         assert problems(charm) == [], charm.name
 
 
+def test_every_packed_charm_carries_its_icon_and_the_library_without_lib_packaging(packed):
+    for charm in packed.values():
+        with zipfile.ZipFile(charm) as archive:
+            names = set(archive.namelist())
+            assert archive.read("icon.svg") == (REPO / "icon.svg").read_bytes(), charm.name
+        assert "lib/charms/runner_fs/v0/runner_fs.py" in names, charm.name
+        assert "lib/pyproject.toml" not in names, charm.name
+
+
 def test_every_packed_venv_holds_exactly_the_locked_distributions(packed):
     for platform, charm in packed.items():
         python = BASES[platform.split("@")[1].split("-")[0]][0]

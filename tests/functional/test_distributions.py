@@ -40,7 +40,9 @@ def _copy_of_the_work_tree(target: Path) -> Path:
 
 
 def _venv(path: Path) -> Path:
+    """Make a venv with today's pip (the one ensurepip brings may predate git+file URLs)."""
     subprocess.run([sys.executable, "-m", "venv", path], check=True)
+    _pip(path / "bin", "--upgrade", "pip")
     return path / "bin"
 
 
@@ -143,11 +145,11 @@ def test_the_library_installs_from_a_tag_as_its_header_says_a_local_clone_standi
 
 def test_the_library_wheel_built_as_its_header_says_installs_with_only_ops(tmp_path):
     checkout = _copy_of_the_work_tree(tmp_path / "checkout")
+    bin_dir = _venv(tmp_path / "venv")
     pip, wheel, *args = _header_wheel_command()
     assert (pip, wheel) == ("pip", "wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", *args], cwd=checkout, check=True)
+    subprocess.run([bin_dir / "python", "-m", "pip", "wheel", *args], cwd=checkout, check=True)
     (built,) = (checkout / "dist").glob("runner_fs_lib-*.whl")
-    bin_dir = _venv(tmp_path / "venv")
 
     _pip(bin_dir, built)
 

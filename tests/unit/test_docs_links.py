@@ -1,4 +1,7 @@
-"""Every relative link in README.md, CONTRIBUTING.md and docs/ reaches a file and heading."""
+"""README.md, CONTRIBUTING.md and docs/: links that resolve, code blocks that say their language.
+
+Shell is `sh`, which tests/functional/test_docs.py runs.
+"""
 
 from __future__ import annotations
 
@@ -41,3 +44,9 @@ def test_every_docs_page_is_reachable_from_the_index():
     }
     pages = {page.resolve() for page in (REPO / "docs").rglob("*.md")} - {REPO / "docs/index.md"}
     assert sorted(map(str, pages - linked)) == []
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(REPO)))
+def test_every_code_block_says_its_language(page):
+    languages = re.findall(r"^```(\w*)\n.*?^```", page.read_text(), re.M | re.S)
+    assert [lang for lang in languages if lang in ("", "bash", "shell", "shell-session")] == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -251,3 +252,13 @@ def test_a_hung_command_line_times_out(tmp_path):
 
     with pytest.raises(lib.CreateMetricsStorageError, match=r"timed out after 0\.5 s"):
         lib.RunnerFsStorageManager(str(cli), timeout=0.5).create("r1")
+
+
+def test_the_provisioner_how_to_and_the_library_header_give_the_same_requirement():
+    repo = Path(__file__).resolve().parents[2]
+    header = (repo / "lib/charms/runner_fs/v0/runner_fs.py").read_text()
+    how_to = (repo / "docs/how-to/provisioner.md").read_text()
+    requirement = re.compile(r"^ *(runner-fs-lib @ git\+https://\S+)$", re.M)
+
+    assert requirement.findall(how_to) == requirement.findall(header) != []
+    assert "fetch-lib" not in header.replace("`charmcraft fetch-lib` cannot serve it", "")
