@@ -419,7 +419,10 @@ def main() -> None:
     parser.add_argument("--push-n", type=int, default=200_000,
                         help="points pushed before and after, in each shape")  # fmt: skip
     parser.add_argument("--repeat", type=int, default=3, help="best of this many (reads)")
+    parser.add_argument("--repositories", type=int, default=len(REPOSITORIES),
+                        help="repositories (15: 120 groups with the flavors)")  # fmt: skip
     args = parser.parse_args()
+    REPOSITORIES[:] = REPOSITORIES[: args.repositories]
     for backend in args.backend:
         with _stores(backend) as new_store:
             print(f"\n### {backend}: push before and after, {args.push_n:,} points each\n")
