@@ -130,6 +130,9 @@ class PostgreSQLStorage(SQLStorage):
     """Metrics of many units in one PostgreSQL database."""
 
     MARK = "%s"
+    # A few thousand rollup rows: starting parallel workers would cost more than the sum
+    # (15 ms of a 21 ms total with 2 workers, against 4 ms without).
+    BEFORE_ROLLUP_READ = "SET LOCAL max_parallel_workers_per_gather = 0"
     ERRORS = (psycopg.Error,)
     DATA_ERRORS = (psycopg.DataError,)
 

@@ -250,6 +250,8 @@ class SQLStorage(BaseStorage):
 
     MARK: ClassVar[str]
     """The driver's parameter mark."""
+    BEFORE_ROLLUP_READ: ClassVar[str | None] = None
+    """A statement run in the read transaction before rollups are summed."""
     ERRORS: ClassVar[tuple[type[Exception], ...]]
     DATA_ERRORS: ClassVar[tuple[type[Exception], ...]]  # a value the database refuses
     """The driver's exceptions, reported as StorageError."""
@@ -831,6 +833,8 @@ class SQLStorage(BaseStorage):
                 f"SELECT r.group_id, r.qty_micro, r.price_nano FROM rollups AS r WHERE {where}"
             )
             args += range_args
+        if self.BEFORE_ROLLUP_READ:
+            self._execute(self.BEFORE_ROLLUP_READ)
         rows = self._execute(
             "SELECT b.group_id, SUM(b.qty_micro), SUM(b.price_nano)"
             f" FROM ({' UNION ALL '.join(ranges)}) AS b GROUP BY b.group_id",
