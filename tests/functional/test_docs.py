@@ -91,7 +91,7 @@ PY""",
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(REPO)))
-def test_every_command_on_the_page_runs(page, tmp_path):
+def test_every_command_on_the_page_runs_with_juju_judged_by_the_charms_contract(page, tmp_path):
     blocks = commands(page)
     _stand_ins(tmp_path / "bin")
     base = tmp_path / "base"
