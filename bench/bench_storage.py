@@ -10,11 +10,11 @@ in the same run:
   text) into a table with the same columns and indexes, also 1000 per transaction: SQLite's
   `executemany`, PostgreSQL's COPY. Building either side's input is not timed.
 - push before and after: on two fresh stores side by side (batches alternated), `push()` as
-  it is against the same code keeping daily rollups only (how it was before quarter hours),
+  it is against the same code keeping daily rollups only (how it was before shorter spans),
   in the benchmark's shape and in a harvest's (`push_many` of 256 runners, three points each,
   40 repositories, 2 flavors, a pass every five minutes).
 - totals: 28-day windows by repository and flavor that start and end at midnight UTC, at a
-  local midnight (+05:30, +05:45, -03:30) and at any minute, each answered by `total()`, by
+  local midnight (+05:30, +05:45, -03:30) and at any minute (two), each answered by `total()`, by
   the same code reading daily rollups only (before), and by the hand-written SQL scan of the
   window's points; each answer is checked equal to `total()` over points first.
 - retrieve / delete: our method against the same answer written by hand in SQL over
@@ -239,11 +239,20 @@ def bench_push(storage: SQLStorage, hand: Any, n: int) -> dict[str, float]:
     return {"ours": n / ours, "raw": n / raw}
 
 
+def _whole_days(low: int, high: int) -> tuple[list, list]:
+    """Split a window as before shorter spans: whole UTC days inside it, the rest points."""
+    first, last = -(-low // DAY_US) * DAY_US, high // DAY_US * DAY_US
+    if first >= last:
+        return [], [(1, low, high)]
+    edges = [(1, *part) for part in ((low, first), (last, high)) if part[0] < part[1]]
+    return [(1, DAY_US, first, last)], edges
+
+
 def daily_rollups_only() -> contextlib.AbstractContextManager:
-    """Run the code as it was before quarter hours: rollups by UTC day, edges from points."""
+    """Run the code as it was before shorter spans: rollups by UTC day, edges from points."""
     stack = contextlib.ExitStack()
     stack.enter_context(mock.patch.object(sql, "SPANS_US", (DAY_US,)))
-    stack.enter_context(mock.patch.object(sql.cover, "__defaults__", ((DAY_US,),)))
+    stack.enter_context(mock.patch.object(sql, "cover", _whole_days))
     return stack
 
 
@@ -314,7 +323,10 @@ def _from_points(storage: SQLStorage, keys: list[str], begin: datetime.datetime,
 
 
 def _windows() -> list[tuple[str, datetime.datetime, datetime.datetime]]:
-    """Return 28-day windows from the second day: UTC, local midnights, any minute."""
+    """Return 28-day windows from the second day: UTC, local midnights, any minute.
+
+    From 13:01 to 09:59 has the most points at its ends: four minutes at each.
+    """
     first = T0 + datetime.timedelta(days=1)
     windows = [("UTC days", first, first + datetime.timedelta(days=28))]
     for hours, minutes in ((5, 30), (5, 45), (-3, -30)):
@@ -323,8 +335,12 @@ def _windows() -> list[tuple[str, datetime.datetime, datetime.datetime]]:
         windows.append(
             (f"days at {local:%z} midnight", local, local + datetime.timedelta(days=28))
         )
-    windows.append(("any minute (13:07 to 09:41)", first.replace(hour=13, minute=7),
-                    first + datetime.timedelta(days=28, hours=9, minutes=41)))  # fmt: skip
+    for (hour, minute), (end_hour, end_minute) in (((13, 7), (9, 41)), ((13, 1), (9, 59))):
+        windows.append((
+            f"any minute ({hour}:{minute:02} to {end_hour:02}:{end_minute})",
+            first.replace(hour=hour, minute=minute),
+            first + datetime.timedelta(days=28, hours=end_hour, minutes=end_minute),
+        ))  # fmt: skip
     return windows
 
 

@@ -97,10 +97,9 @@ _MIGRATIONS = (
         f"UPDATE points SET groupby = groupby - '{key}' WHERE groupby -> '{key}' = 'null'::jsonb"
         for key in ROLLUP_KEYS
     ),
-    # version 5: sums by quarter hour, hour and day, built again from the points stored
-    f"""
+    # version 5: rollups of any span in one table (built by version 6)
+    """
     DROP TABLE rollups;
-    DELETE FROM rollup_groups;
     CREATE TABLE rollups (
         span_us bigint NOT NULL,
         start_us bigint NOT NULL,
@@ -110,6 +109,11 @@ _MIGRATIONS = (
         points bigint NOT NULL,
         PRIMARY KEY (span_us, start_us, group_id)
     ) WITH (fillfactor = 80);
+    """,
+    # version 6: sums by every span of SPANS_US, built again from the points stored
+    f"""
+    DELETE FROM rollups;
+    DELETE FROM rollup_groups;
     {";".join(build_rollups(_rollup_code, _regular))};
     """,
 )

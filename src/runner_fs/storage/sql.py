@@ -12,11 +12,11 @@ billionths)::
     rollups(span_us, start_us, group_id, qty_micro, price_nano, points)
     meta(key PRIMARY KEY, value)                    schema_version, store_id, rollups
 
-Rollups are exact sums of points by bucket and group: a UTC day, an hour or a quarter of an
-hour (`SPANS_US`) from a point's start, and the point's type and its `ROLLUP_KEYS` attributes,
-each coded `=value` for a text value and `` where neither groupby nor metadata has it. Every
-time zone's midnight falls on a quarter hour, so any window is whole days, hours and quarters
-(`cover`) plus less than a quarter of points at each end. They are kept in the transaction
+Rollups are exact sums of points by bucket and group: a UTC day, an hour or five minutes
+(`SPANS_US`) from a point's start, and the point's type and its `ROLLUP_KEYS` attributes,
+each coded `=value` for a text value and `` where neither groupby nor metadata has it. A
+window is read as whole buckets added or taken away (`cover`) plus at most two and a half
+minutes of points at each end. They are kept in the transaction
 that pushes or deletes the points (`Rollup`). A point with any other value (a number, null,
 an object, or the key only in metadata, where filters would find it) cannot be rolled up
 exactly: the store is then marked (`meta.rollups = points`) and answers every total from
@@ -49,8 +49,8 @@ COLUMNS = "begin_us, end_us, type, unit, qty_micro, price_nano, groupby, metadat
 ROLLUP_KEYS = ("flavor", "repository")
 GROUP_COLUMNS = f"type, {', '.join(ROLLUP_KEYS)}"
 ROLLUP_COLUMNS = "span_us, start_us, group_id, qty_micro, price_nano, points"
-QUARTER_US, HOUR_US, DAY_US = 900_000_000, 3_600_000_000, 86_400_000_000
-SPANS_US = (DAY_US, HOUR_US, QUARTER_US)
+FIVE_MINUTES_US, HOUR_US, DAY_US = 300_000_000, 3_600_000_000, 86_400_000_000
+SPANS_US = (DAY_US, HOUR_US, FIVE_MINUTES_US)
 """The rollups' buckets, longest first; each holds a whole number of the next."""
 
 
@@ -60,7 +60,6 @@ def bucket_start(column: str, span: int) -> str:
     return f"(CASE WHEN {column} >= 0 THEN {whole} ELSE ({column} + 1) / {span} - 1 END) * {span}"
 
 
-QUARTER_OF_POINT = bucket_start("p.begin_us", QUARTER_US)
 _MAX_FIXED = 2**62
 _UTC = datetime.timezone.utc
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=_UTC)
@@ -113,33 +112,43 @@ def _fixed(value: object, digits: int, type_: str, field: str) -> int:
     return scaled
 
 
-def cover(low: int, high: int, spans: Sequence[int] = SPANS_US) -> tuple[list, list]:
-    """Split [low, high) into whole buckets, longest first, and the points left at its ends.
+def cover(
+    low: int, high: int, spans: Sequence[int] = SPANS_US, sign: int = 1
+) -> tuple[list, list]:
+    """Split [low, high) into whole buckets and point ranges, each added or taken away.
+
+    Each end moves to the nearest boundary of the longest span that leaves a whole bucket
+    between them; what lies between an end and its boundary is added (inside the window) or
+    taken away (outside it) by the same rule with the shorter spans, and as points below the
+    shortest. So each end reads at most half of each shorter span's buckets and, unless the
+    window is shorter than two of the shortest buckets, scans at most half of one of points.
 
     Returns:
-        Bucket ranges `(span_us, first_start_us, end_start_us)` and point ranges
-        `(low, high)`, together exactly [low, high).
+        Bucket ranges `(sign, span_us, first_start_us, end_start_us)` and point ranges
+        `(sign, low, high)`: added with their signs, exactly [low, high).
     """
     if low >= high:
         return [], []
     if not spans:
-        return [], [(low, high)]
+        return [], [(sign, low, high)]
     span, shorter = spans[0], spans[1:]
-    first, last = -(-low // span) * span, high // span * span
+    first, last = (low + span // 2) // span * span, (high + span // 2) // span * span
     if first >= last:
-        return cover(low, high, shorter)
-    buckets, edges = [(span, first, last)], []
-    for part in ((low, first), (last, high)):
-        part_buckets, part_edges = cover(*part, shorter)
-        buckets += part_buckets
-        edges += part_edges
+        return cover(low, high, shorter, sign)
+    buckets, edges = [(sign, span, first, last)], []
+    for inside, outside in (((low, first), (first, low)), ((last, high), (high, last))):
+        part_buckets, part_edges = cover(*inside, shorter, sign)
+        taken_buckets, taken_edges = cover(*outside, shorter, -sign)
+        buckets += part_buckets + taken_buckets
+        edges += part_edges + taken_edges
     return buckets, edges
 
 
 def build_rollups(code: Callable[[str], str], regular: Callable[[str], str]) -> list[str]:
     """Return the SQL that builds the rollups of the points stored, into empty tables.
 
-    Points are read once, into quarters; each longer span is summed from the one below it.
+    Points are read once, into the shortest span; each longer span is summed from the one
+    below it.
 
     Args:
         code: the dialect's `rollup_code`.
@@ -154,7 +163,7 @@ def build_rollups(code: Callable[[str], str], regular: Callable[[str], str]) -> 
         f"INSERT INTO rollup_groups ({GROUP_COLUMNS}) SELECT DISTINCT p.type, {', '.join(codes)}"
         " FROM points AS p",
         f"INSERT INTO rollups ({ROLLUP_COLUMNS})"
-        f" SELECT {QUARTER_US}, {QUARTER_OF_POINT}, g.id, SUM(p.qty_micro), SUM(p.price_nano),"
+        f" SELECT {SPANS_US[-1]}, {bucket_start('p.begin_us', SPANS_US[-1])}, g.id, SUM(p.qty_micro), SUM(p.price_nano),"
         f" COUNT(*) FROM points AS p JOIN rollup_groups AS g ON g.type = p.type AND {same}"
         " GROUP BY 2, 3",
     ]
@@ -178,10 +187,11 @@ def _decoded(code: str) -> str | None:
 
 
 class Rollup:
-    """Exact sums of points by (quarter start, type, codes), to add to or take from rollups."""
+    """Exact sums of points by (shortest bucket's start, type, codes), for rollups."""
 
     def __init__(self) -> None:
         """Start empty."""
+        self.span = SPANS_US[-1]
         self.sums: dict[tuple, list[int]] = {}
         self.irregular = False
         """A point could not be rolled up: the store must answer totals from points."""
@@ -190,7 +200,7 @@ class Rollup:
         self, begin_us: int, type_: str, qty: int, price: int, groupby: Mapping, metadata: Mapping
     ) -> None:
         """Count one point (in the hot path of every push: kept lean)."""
-        key = [begin_us - begin_us % QUARTER_US, type_]
+        key = [begin_us - begin_us % self.span, type_]
         for name in ROLLUP_KEYS:
             value = groupby.get(name, _ABSENT)
             if type(value) is str:
@@ -641,7 +651,7 @@ class SQLStorage(BaseStorage):
                 continue
             where, args = self._where_us(low, high, types, attributes)
             for row in self._execute(
-                f"SELECT {QUARTER_OF_POINT}, p.type, {codes}, SUM(p.qty_micro),"
+                f"SELECT {bucket_start('p.begin_us', rollup.span)}, p.type, {codes}, SUM(p.qty_micro),"
                 f" SUM(p.price_nano), COUNT(*) FROM points AS p WHERE {where}"
                 f" GROUP BY {', '.join(map(str, range(1, 3 + len(ROLLUP_KEYS))))}",
                 args,
@@ -769,9 +779,12 @@ class SQLStorage(BaseStorage):
                 and self.rolled_up()
             ):
                 rows = self._sum_rollups(names, buckets, types, attributes)
-                for low, high in edges:
-                    rows += self._sum_points(names, False, low, high, types, attributes)
-                rows = _merged(rows) or ([] if names else [(0, 0)])  # as SUM over no rows
+                for sign, low, high in edges:
+                    rows += [
+                        (*row[:-3], *(sign * int(value) for value in row[-3:]))
+                        for row in self._sum_points(names, False, low, high, types, attributes)
+                    ]
+                rows = _merged(rows) or ([] if names else [(0, 0, 0)])  # as SUM over no rows
             else:
                 rows = self._sum_points(names, by_time, begin_us, end_us, types, attributes)
         # Sorted here, not in SQL, so every dialect orders mixed value types alike.
@@ -781,7 +794,7 @@ class SQLStorage(BaseStorage):
         row_begin, row_end = _local(begin), _local(end)
         for row in rows:
             if by_time:
-                row_begin, row_end = from_utc_us(row[-4]), from_utc_us(row[-3])
+                row_begin, row_end = from_utc_us(row[-5]), from_utc_us(row[-4])
             qty, price = int(row[-2]), int(row[-1])
             result = {"begin": row_begin, "end": row_end,
                       "qty": qty / QTY_SCALE, "rate": price / PRICE_SCALE}  # fmt: skip
@@ -799,7 +812,7 @@ class SQLStorage(BaseStorage):
         types: list[str] | None,
         attributes: dict[str, list[str]],
     ) -> list[tuple]:
-        """Return rows (values of `names`, [begin_us, end_us,] qty sum, price sum) from points."""
+        """Return rows (values of `names`, [begin_us, end_us,] points, qty sum, price sum)."""
         where, where_args = self._where_us(begin_us, end_us, types, attributes)
         keys, args = [], []
         for key in names:
@@ -810,8 +823,8 @@ class SQLStorage(BaseStorage):
             keys += ["p.begin_us", "p.end_us"]
         grouping = f" GROUP BY {', '.join(map(str, range(1, len(keys) + 1)))}" if keys else ""
         rows = self._execute(
-            f"SELECT {''.join(f'{key}, ' for key in keys)}SUM(p.qty_micro), SUM(p.price_nano)"
-            f" FROM points AS p WHERE {where}{grouping}",
+            f"SELECT {''.join(f'{key}, ' for key in keys)}COUNT(*), SUM(p.qty_micro),"
+            f" SUM(p.price_nano) FROM points AS p WHERE {where}{grouping}",
             args + where_args,
         ).fetchall()
         return [(*row[:-2], row[-2] or 0, row[-1] or 0) for row in rows]
@@ -823,29 +836,31 @@ class SQLStorage(BaseStorage):
         types: list[str] | None,
         attributes: dict[str, list[str]],
     ) -> list[tuple]:
-        """Return rows like `_sum_points` for bucket ranges (span, first start, end start)."""
-        # One indexed range scan per span, added up once: an OR of the ranges costs SQLite a
+        """Return rows like `_sum_points` for `cover`'s signed bucket ranges."""
+        # One indexed range scan per range, added up once: an OR of the ranges costs SQLite a
         # de-duplication of every row read (1.8x at 1M points).
         ranges, args = [], []
-        for span, low, high in buckets:
+        for sign, span, low, high in buckets:
             where, range_args = self._rollups_where(span, low, high, types, attributes)
+            minus = "-" if sign < 0 else ""
             ranges.append(
-                f"SELECT r.group_id, r.qty_micro, r.price_nano FROM rollups AS r WHERE {where}"
+                f"SELECT r.group_id, {minus}r.points AS points, {minus}r.qty_micro AS qty_micro,"
+                f" {minus}r.price_nano AS price_nano FROM rollups AS r WHERE {where}"
             )
             args += range_args
         if self.BEFORE_ROLLUP_READ:
             self._execute(self.BEFORE_ROLLUP_READ)
         rows = self._execute(
-            "SELECT b.group_id, SUM(b.qty_micro), SUM(b.price_nano)"
+            "SELECT b.group_id, SUM(b.points), SUM(b.qty_micro), SUM(b.price_nano)"
             f" FROM ({' UNION ALL '.join(ranges)}) AS b GROUP BY b.group_id",
             args,
         ).fetchall()
         groups = self._groups_of(row[0] for row in rows)
         results = []
-        for number, qty, price in rows:
+        for number, *sums in rows:
             type_, *codes = groups[number]
             values = dict(zip(ROLLUP_KEYS, map(_decoded, codes), strict=True), type=type_)
-            results.append((*(values[name] for name in names), qty, price))
+            results.append((*(values[name] for name in names), *sums))
         return results
 
     def _rollups_where(
@@ -909,13 +924,16 @@ def _selection(
 
 
 def _merged(rows: list[tuple]) -> list[tuple]:
-    """Add up rows whose values are equal (values first, qty and price sums last)."""
+    """Add up rows whose values are equal (values, then points, qty and price sums).
+
+    Values left with no points are dropped: what was added for them was all taken away.
+    """
     sums: dict[tuple, list[int]] = {}
     for row in rows:
-        total = sums.setdefault(row[:-2], [0, 0])
-        total[0] += int(row[-2])
-        total[1] += int(row[-1])
-    return [(*values, qty, price) for values, (qty, price) in sums.items()]
+        total = sums.setdefault(row[:-3], [0, 0, 0])
+        for index, value in enumerate(row[-3:]):
+            total[index] += int(value)
+    return [(*values, *total) for values, total in sums.items() if total[0]]
 
 
 def _sort_key(value: object) -> tuple:

@@ -29,7 +29,8 @@ from runner_fs.storage.sql import (
     build_rollups,
 )
 
-SCHEMA_VERSION = 5  # 2: tallies, 3: daily rollups, 4: null attributes absent, 5: quarter hours
+SCHEMA_VERSION = 6  # 2: tallies, 3: daily rollups, 4: null attributes absent, 5: spans,
+# 6: five minutes
 BUSY_TIMEOUT = 30.0  # seconds to wait for another writer
 _ROWS_PER_STATEMENT = 4096  # rollup rows per INSERT: 6 parameters each, under SQLite's 32766
 _ROLLUPS = """
@@ -184,9 +185,11 @@ class SQLiteStorage(SQLStorage):
                         f"UPDATE points SET groupby = json_remove(groupby, '{_json_path(key)}')"
                         f" WHERE json_type(groupby, '{_json_path(key)}') = 'null'"
                     )
-            if int(version) < 5:  # rollups by quarter hour, hour and day, built from points
+            if int(version) < 5:  # rollups of any span in one table
                 db.execute("DROP TABLE rollups")
                 db.execute(_ROLLUPS)
+            if int(version) < 6:  # every span of `SPANS_US`, built again from points
+                db.execute("DELETE FROM rollups")
                 db.execute("DELETE FROM rollup_groups")
                 for statement in build_rollups(self.rollup_code, self.regular):
                     db.execute(statement)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from runner_fs.dataframe import DataFrame, DataPoint
 from runner_fs.storage import get_storage
 from runner_fs.storage.postgresql import _MIGRATIONS
-from runner_fs.storage.sql import DAY_US, HOUR_US, QUARTER_US
+from runner_fs.storage.sql import DAY_US, FIVE_MINUTES_US, HOUR_US, bucket_start
 from runner_fs.storage.sqlite import SQLiteStorage
 
 from .test_backends import HOUR, T0, _frame, options, storage  # noqa: F401 (fixtures)
@@ -36,9 +36,11 @@ points = st.tuples(
     st.sampled_from(["small", "large", ""]),
     st.sampled_from(["o/a", "o/b", "é/ü", None]),
 )
-# Any second, or a quarter hour (every zone's midnight is one), from an hour before T0.
+# Any second, minute or quarter hour (every zone's midnight is one), from an hour before T0.
 instants = st.one_of(
-    st.integers(-3600, 5 * 86400), st.integers(-4, 5 * 96).map(lambda quarter: quarter * 900)
+    st.integers(-3600, 5 * 86400),
+    st.integers(-60, 5 * 1440).map(lambda minute: minute * 60),
+    st.integers(-4, 5 * 96).map(lambda quarter: quarter * 900),
 ).map(lambda second: T0 + second * SECOND)
 filters = st.dictionaries(
     st.sampled_from(["type", *ATTRIBUTES]),
@@ -155,7 +157,7 @@ def test_totals_of_windows_at_any_second_equal_a_decimal_model_and_the_points(
         assert answer == _rows(_from_points(store, monkeypatch, **query))
 
 
-def test_whole_quarter_hours_are_read_from_rollups_and_only_the_ends_from_points(storage):
+def test_whole_buckets_are_read_from_rollups_and_only_the_ends_from_points(storage):
     # A point every 5 minutes for two days, alternating repositories.
     storage.push(
         [_frame(T0 + step * 5 * MINUTE, repository=f"o/{step % 2}") for step in range(576)]
@@ -169,10 +171,12 @@ def test_whole_quarter_hours_are_read_from_rollups_and_only_the_ends_from_points
 
     assert qty(T0, T0 + 2 * DAY) == [("o/0", 432.0), ("o/1", 432.0)]  # days
     india = datetime.timezone(datetime.timedelta(hours=5, minutes=30))
-    local_day = datetime.datetime(2026, 3, 2, tzinfo=india)  # 18:30 UTC: days, hours, quarters
+    local_day = datetime.datetime(2026, 3, 2, tzinfo=india)  # 18:30 UTC: all three spans
     assert qty(local_day, local_day + DAY) == [("o/0", 216.0), ("o/1", 216.0)]
     assert qty(T0 + 15 * MINUTE, T0 + 30 * MINUTE) == [("o/0", 1.5), ("o/1", 3.0)]
-    assert qty(T0 + 16 * MINUTE, T0 + 44 * MINUTE) == []  # within a quarter: points only
+    # The hour less its first 15 and last 15 minutes; the minute at each end from points.
+    assert qty(T0 + 16 * MINUTE, T0 + 44 * MINUTE) == [("o/0", 4.5), ("o/1", 4.5)]
+    assert qty(T0 + 16 * MINUTE, T0 + 17 * MINUTE) == []  # a minute: points only
 
 
 def test_deleting_takes_points_out_of_the_rollups_and_drops_empty_cells(storage):
@@ -184,7 +188,7 @@ def test_deleting_takes_points_out_of_the_rollups_and_drops_empty_cells(storage)
     totals = storage.total(["flavor"], T0, T0 + 2 * DAY)["results"]
     assert [(row["flavor"], row["qty"]) for row in totals] == [("f0", 12.0), ("f2", 12.0)]
     cells = storage._execute("SELECT span_us, COUNT(*) FROM rollups GROUP BY span_us").fetchall()
-    assert dict(cells) == {DAY_US: 2, HOUR_US: 16, QUARTER_US: 16}  # f0 and f2: 8 hours each
+    assert dict(cells) == {DAY_US: 2, HOUR_US: 16, FIVE_MINUTES_US: 16}  # f0, f2: 8 hours each
 
 
 @pytest.mark.parametrize(
@@ -245,7 +249,7 @@ def test_upgrading_a_version_2_sqlite_file_builds_its_rollups(tmp_path, monkeypa
     assert dict(cells) == {
         DAY_US: 15 + irregular,
         HOUR_US: 60 + irregular,
-        QUARTER_US: 60 + irregular,
+        FIVE_MINUTES_US: 60 + irregular,
     }
     upgraded.close()
 
@@ -325,19 +329,35 @@ def test_upgrading_a_version_3_store_stores_null_attributes_absent_and_rolls_up_
     upgraded.close()
 
 
-def test_upgrading_a_version_4_store_builds_quarter_hour_rollups(options, monkeypatch):
-    name, settings = options
-    old = get_storage(name, **settings)
-    old.push([_frame(T0 + step * 7 * MINUTE, repository=f"o/{step % 3}") for step in range(500)])
-    # The rollups table as version 4 had it: daily sums only.
-    old._execute("DROP TABLE rollups")
-    old._execute(
+def _version_4(store):
+    """Leave the rollups table as version 4 had it: daily sums only."""
+    store._execute("DROP TABLE rollups")
+    store._execute(
         "CREATE TABLE rollups (day bigint NOT NULL, group_id bigint NOT NULL, qty_micro"
         " bigint NOT NULL, price_nano bigint NOT NULL, points bigint NOT NULL,"
         " PRIMARY KEY (day, group_id))"
     )
-    old._execute("INSERT INTO rollups VALUES (20513, 1, 1, 1, 1)")
-    old._execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    store._execute("INSERT INTO rollups VALUES (20513, 1, 1, 1, 1)")
+
+
+def _version_5(store):
+    """Leave the rollups as version 5 had them: days, hours and quarter hours."""
+    quarter = 900_000_000
+    store._execute(
+        f"INSERT INTO rollups SELECT {quarter}, {bucket_start('start_us', quarter)}, group_id,"
+        f" SUM(qty_micro), SUM(price_nano), SUM(points) FROM rollups"
+        f" WHERE span_us = {FIVE_MINUTES_US} GROUP BY 2, 3"
+    )
+    store._execute(f"DELETE FROM rollups WHERE span_us = {FIVE_MINUTES_US}")
+
+
+@pytest.mark.parametrize(("version", "make_old"), [(4, _version_4), (5, _version_5)])
+def test_upgrading_an_older_store_builds_every_span(options, monkeypatch, version, make_old):
+    name, settings = options
+    old = get_storage(name, **settings)
+    old.push([_frame(T0 + step * 7 * MINUTE, repository=f"o/{step % 3}") for step in range(500)])
+    make_old(old)
+    old._execute(f"UPDATE meta SET value = '{version}' WHERE key = 'schema_version'")
     old.close()
 
     upgraded = get_storage(name, **settings)
@@ -354,5 +374,5 @@ def test_upgrading_a_version_4_store_builds_quarter_hour_rollups(options, monkey
         assert answer == _from_points(upgraded, monkeypatch, **query)
         assert len(answer["results"]) == 3
     spans = upgraded._execute("SELECT DISTINCT span_us FROM rollups ORDER BY 1").fetchall()
-    assert spans == [(QUARTER_US,), (HOUR_US,), (DAY_US,)]
+    assert spans == [(FIVE_MINUTES_US,), (HOUR_US,), (DAY_US,)]
     upgraded.close()
