@@ -158,14 +158,15 @@ def build_rollups(code: Callable[[str], str], regular: Callable[[str], str]) -> 
     same = " AND ".join(
         f"g.{key} = {value}" for key, value in zip(ROLLUP_KEYS, codes, strict=True)
     )
+    shortest = SPANS_US[-1]
     statements = [
         "DELETE FROM meta WHERE key = 'rollups'",
         f"INSERT INTO rollup_groups ({GROUP_COLUMNS}) SELECT DISTINCT p.type, {', '.join(codes)}"
         " FROM points AS p",
         f"INSERT INTO rollups ({ROLLUP_COLUMNS})"
-        f" SELECT {SPANS_US[-1]}, {bucket_start('p.begin_us', SPANS_US[-1])}, g.id, SUM(p.qty_micro), SUM(p.price_nano),"
-        f" COUNT(*) FROM points AS p JOIN rollup_groups AS g ON g.type = p.type AND {same}"
-        " GROUP BY 2, 3",
+        f" SELECT {shortest}, {bucket_start('p.begin_us', shortest)}, g.id, SUM(p.qty_micro),"
+        f" SUM(p.price_nano), COUNT(*) FROM points AS p"
+        f" JOIN rollup_groups AS g ON g.type = p.type AND {same} GROUP BY 2, 3",
     ]
     for span, shorter in zip(SPANS_US[-2::-1], SPANS_US[:0:-1], strict=True):
         statements.append(
@@ -646,13 +647,14 @@ class SQLStorage(BaseStorage):
                 edges.append((last, end_us))
         codes = ", ".join(self.rollup_code(key) for key in ROLLUP_KEYS)
         rollup = Rollup()
+        bucket = bucket_start("p.begin_us", rollup.span)
         for low, high in edges:
             if low is not None and high is not None and low >= high:
                 continue
             where, args = self._where_us(low, high, types, attributes)
             for row in self._execute(
-                f"SELECT {bucket_start('p.begin_us', rollup.span)}, p.type, {codes}, SUM(p.qty_micro),"
-                f" SUM(p.price_nano), COUNT(*) FROM points AS p WHERE {where}"
+                f"SELECT {bucket}, p.type, {codes}, SUM(p.qty_micro), SUM(p.price_nano),"
+                f" COUNT(*) FROM points AS p WHERE {where}"
                 f" GROUP BY {', '.join(map(str, range(1, 3 + len(ROLLUP_KEYS))))}",
                 args,
             ):
