@@ -16,11 +16,11 @@ Rollups are exact sums of points by bucket and group: a UTC day, an hour or five
 (`SPANS_US`) from a point's start, and the point's type and its `ROLLUP_KEYS` attributes,
 each coded `=value` for a text value and `` where neither groupby nor metadata has it. A
 window is read as whole buckets added or taken away (`cover`) plus at most two and a half
-minutes of points at each end. They are kept in the transaction
-that pushes or deletes the points (`Rollup`). A point with any other value (a number, null,
-an object, or the key only in metadata, where filters would find it) cannot be rolled up
-exactly: the store is then marked (`meta.rollups = points`) and answers every total from
-points from then on.
+minutes of points at each end (or all of a window under ten minutes). They are kept in the
+transaction that pushes or deletes the points (`Rollup`). A point with any other value (a
+number, null, an object, or the key only in metadata, where filters would find it) cannot be
+rolled up exactly: the store is then marked (`meta.rollups = points`) and answers every total
+from points from then on.
 
 A backend supplies its connection, transactions, bulk insert and the few expressions where
 the SQL dialects differ (JSON access, calendar fields, the parameter mark).
