@@ -9,9 +9,9 @@ in the same run:
   against a raw bulk insert of ready-made tuples (already converted to integers and JSON
   text) into a table with the same columns and indexes, also 1000 per transaction: SQLite's
   `executemany`, PostgreSQL's COPY. Building either side's input is not timed.
-- push before and after: on two fresh stores side by side (batches alternated), `push()` as
-  it is against the same code keeping daily rollups only (how it was before shorter spans),
-  in the benchmark's shape and in a harvest's (`push_many` of 256 runners, three points each,
+- push before and after: on two fresh stores side by side (batches alternated, each store
+  first by turns), `push()` as it is against the same code keeping daily rollups only (how it
+  was before shorter spans), in the benchmark's shape and in a harvest's (`push_many` of 256 runners, three points each,
   40 repositories, 2 flavors, a pass every five minutes).
 - totals: 28-day windows by repository and flavor that start and end at midnight UTC, at a
   local midnight (+05:30, +05:45, -03:30) and at any minute (two), each answered by `total()`, by
@@ -290,15 +290,15 @@ def bench_push_before_after(before: SQLStorage, after: SQLStorage, n: int) -> li
     for name, push, batches in shapes:
         spent = {"after": 0.0, "before": 0.0}
         points = 0
-        for batch in batches:
+        for number, batch in enumerate(batches):
             points += len(batch) * (3 if name.startswith("harvest") else 1)
-            start = time.perf_counter()
-            push(after, batch)
-            spent["after"] += time.perf_counter() - start
-            with daily_rollups_only():
-                start = time.perf_counter()
-                push(before, batch)
-                spent["before"] += time.perf_counter() - start
+            sides = [("after", after, contextlib.nullcontext),
+                     ("before", before, daily_rollups_only)]  # fmt: skip
+            for side, store, code in sides[:: 1 if number % 2 else -1]:  # first by turns
+                with code():
+                    start = time.perf_counter()
+                    push(store, batch)
+                    spent[side] += time.perf_counter() - start
         rows.append((name, points / spent["after"], points / spent["before"]))
     return rows
 
