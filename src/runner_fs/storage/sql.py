@@ -834,7 +834,7 @@ class SQLStorage(BaseStorage):
     def _sum_rollups(
         self,
         names: list[str],
-        buckets: list[tuple[int, int, int]],
+        buckets: list[tuple[int, int, int, int]],
         types: list[str] | None,
         attributes: dict[str, list[str]],
     ) -> list[tuple]:
