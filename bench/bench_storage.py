@@ -10,9 +10,10 @@ in the same run:
   text) into a table with the same columns and indexes, also 1000 per transaction: SQLite's
   `executemany`, PostgreSQL's COPY. Building either side's input is not timed.
 - push before and after: on two fresh stores side by side (batches alternated, each store
-  first by turns), `push()` as it is against the same code keeping daily rollups only (how it
-  was before shorter spans), in the benchmark's shape and in a harvest's (`push_many` of 256 runners, three points each,
-  40 repositories, 2 flavors, a pass every five minutes).
+  first by turns, the batches frozen out of the garbage collector), `push()` as it is
+  against the same code keeping daily rollups only (how it was before shorter spans), in the
+  benchmark's shape and in a harvest's (`push_many` of 256 runners, three points each, 40
+  repositories, 2 flavors, a pass every five minutes).
 - totals: 28-day windows by repository and flavor that start and end at midnight UTC, at a
   local midnight (+05:30, +05:45, -03:30) and at any minute (two), each answered by `total()`, by
   the same code reading daily rollups only (before), and by the hand-written SQL scan of the
@@ -32,6 +33,7 @@ import argparse
 import contextlib
 import datetime
 import decimal
+import gc
 import json
 import random
 import sys
@@ -287,6 +289,10 @@ def bench_push_before_after(before: SQLStorage, after: SQLStorage, n: int) -> li
         ("harvest: push_many() of 256 runners", lambda s, b: s.push_many(b),
          list(_harvests(max(1, n // 768)))),
     )  # fmt: skip
+    # The batches built are kept out of the collector's reach: whichever push set off a full
+    # collection would otherwise pay for walking them all.
+    gc.collect()
+    gc.freeze()
     for name, push, batches in shapes:
         spent = {"after": 0.0, "before": 0.0}
         points = 0
@@ -300,6 +306,7 @@ def bench_push_before_after(before: SQLStorage, after: SQLStorage, n: int) -> li
                     push(store, batch)
                     spent[side] += time.perf_counter() - start
         rows.append((name, points / spent["after"], points / spent["before"]))
+    gc.unfreeze()
     return rows
 
 
