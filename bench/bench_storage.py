@@ -251,7 +251,7 @@ def _whole_days(low: int, high: int) -> tuple[list, list]:
 
 
 def daily_rollups_only() -> contextlib.AbstractContextManager:
-    """Run the code as it was before shorter spans: rollups by UTC day, edges from points."""
+    """Run this code with daily rollups only, as before shorter spans: the rest from points."""
     stack = contextlib.ExitStack()
     stack.enter_context(mock.patch.object(sql, "SPANS_US", (DAY_US,)))
     stack.enter_context(mock.patch.object(sql, "cover", _whole_days))
@@ -332,7 +332,7 @@ def _from_points(storage: SQLStorage, keys: list[str], begin: datetime.datetime,
 def _windows() -> list[tuple[str, datetime.datetime, datetime.datetime]]:
     """Return 28-day windows from the second day: UTC, local midnights, any minute.
 
-    From 13:01 to 09:59 has the most points at its ends: four minutes at each.
+    From 13:07 to 09:41 scans three minutes of points at its ends, from 13:01 to 09:59 two.
     """
     first = T0 + datetime.timedelta(days=1)
     windows = [("UTC days", first, first + datetime.timedelta(days=28))]
