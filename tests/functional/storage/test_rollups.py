@@ -174,7 +174,8 @@ def test_whole_buckets_are_read_from_rollups_and_only_the_ends_from_points(stora
     local_day = datetime.datetime(2026, 3, 2, tzinfo=india)  # 18:30 UTC: all three spans
     assert qty(local_day, local_day + DAY) == [("o/0", 216.0), ("o/1", 216.0)]
     assert qty(T0 + 15 * MINUTE, T0 + 30 * MINUTE) == [("o/0", 1.5), ("o/1", 3.0)]
-    # The hour less its first 15 and last 15 minutes; the minute at each end from points.
+    # Rollups give the hour less its first and last 15 minutes; the minute at each end would
+    # come from points (removed above, so only the rollups' part shows).
     assert qty(T0 + 16 * MINUTE, T0 + 44 * MINUTE) == [("o/0", 4.5), ("o/1", 4.5)]
     assert qty(T0 + 16 * MINUTE, T0 + 17 * MINUTE) == []  # a minute: points only
 
